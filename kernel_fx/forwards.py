@@ -1,0 +1,186 @@
+"""The forward kernelize installs on a module instance, and how it chooses per call.
+
+A `KernelForward` holds a table of four forwards, one per condition (autograd needed or not,
+compiling or not), and picks one per call; a static choice skips the checks. It lives in the
+instance `__dict__`, so the class and every other instance stay untouched, and it survives
+`copy.deepcopy` and pickling (kernels are reloaded from their repositories, loudly falling back
+to the original forward when they cannot be).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .modes import Mode
+
+ForwardFn = Callable[..., Any]  # called as fn(module, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A situation a site can be called in; `fixed` is set when kernelize was given a mode."""
+
+    grad: bool
+    compiling: bool
+    fixed: Mode | None = None
+
+    @property
+    def mode(self) -> Mode:
+        if self.fixed is not None:
+            return self.fixed
+        base = Mode.TRAINING if self.grad else Mode.INFERENCE
+        return base | Mode.TORCH_COMPILE if self.compiling else base
+
+    @property
+    def index(self) -> int:
+        return int(self.grad) + 2 * int(self.compiling)
+
+    @classmethod
+    def static(cls, mode: Mode) -> Condition:
+        return cls(Mode.TRAINING in mode, Mode.TORCH_COMPILE in mode, fixed=mode)
+
+
+CONDITIONS = tuple(Condition(grad, compiling) for compiling in (False, True) for grad in (False, True))
+
+
+def installed_forward(module: nn.Module) -> KernelForward | None:
+    forward = vars(module).get("forward")
+    return forward if isinstance(forward, KernelForward) else None
+
+
+def _previous_forward(module: nn.Module) -> Any:
+    installed = installed_forward(module)
+    return installed.previous if installed is not None else vars(module).get("forward")
+
+
+def original_forward(module: nn.Module) -> ForwardFn:
+    """The forward kernelize replaces, as fn(module, *args): the class's, or an instance's own."""
+    return _as_method(_previous_forward(module), module)
+
+
+def _as_method(previous: Any, module: nn.Module) -> ForwardFn:
+    if previous is None:
+        return type(module).forward
+    return lambda _module, *args, **kwargs: previous(*args, **kwargs)
+
+
+def make_forward(module: nn.Module, by_condition: dict, backend: str) -> KernelForward:
+    """A `KernelForward` for `module` from `{Condition: (kernel class or None, repository)}`."""
+    previous = _previous_forward(module)
+    original = _as_method(previous, module)
+    if len(by_condition) == 1:  # a fixed mode: the same choice whatever the call
+        (kernel, repo), = by_condition.values()
+        entries = [(kernel, repo)] * 4
+    else:
+        entries = [by_condition[c] for c in sorted(by_condition, key=lambda c: c.index)]
+    table = tuple(original if k is None else k.forward for k, _ in entries)
+    repos = tuple(None if k is None else r for k, r in entries)
+    return _forward_class(table)(module, table, repos, backend, previous)
+
+
+def _forward_class(table: tuple) -> type[KernelForward]:
+    grad_matters = table[0] is not table[1] or table[2] is not table[3]
+    compile_matters = table[0] is not table[2] or table[1] is not table[3]
+    if not grad_matters and not compile_matters:
+        return StaticForward
+    if not grad_matters:
+        return CompileCheckingForward
+    return DynamicForward
+
+
+class KernelForward:
+    """Base of the installed forwards; subclasses differ only in how much they check per call."""
+
+    def __init__(self, module: nn.Module, table: tuple, repos: tuple, backend: str, previous: Any) -> None:
+        self.module = module
+        self.table = table
+        self.repos = repos
+        self.backend = backend
+        self.previous = previous
+        self.fn = table[0]
+
+    def install(self) -> None:
+        vars(self.module)["forward"] = self
+
+    def uninstall(self) -> None:
+        if self.previous is None:
+            vars(self.module).pop("forward", None)
+        else:
+            vars(self.module)["forward"] = self.previous
+
+    def __deepcopy__(self, memo: dict) -> KernelForward:
+        import copy
+
+        module = copy.deepcopy(self.module, memo)
+        return type(self)(module, self.table, self.repos, self.backend, copy.deepcopy(self.previous, memo))
+
+    def __reduce__(self) -> tuple:
+        # Pickle the repositories, not the kernel functions: a fresh process reloads them.
+        return (_rebuild, (self.module, self.repos, self.backend, self.previous))
+
+    def __repr__(self) -> str:
+        return f"<kernel_fx forward of {type(self.module).__name__}: {type(self).__name__}>"
+
+
+class StaticForward(KernelForward):
+    """The same forward under every condition: no checks per call."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(self.module, *args, **kwargs)
+
+
+class CompileCheckingForward(KernelForward):
+    """A kernel that must not run while torch.compile traces (can_torch_compile = False)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.table[2 if torch.compiler.is_compiling() else 0](self.module, *args, **kwargs)
+
+
+class DynamicForward(KernelForward):
+    """Chooses per call by whether autograd needs this call's backward, and whether compiling."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = self.module
+        grad = module.training or (torch.is_grad_enabled() and needs_grad(module, args, kwargs))
+        index = int(grad) + (2 if torch.compiler.is_compiling() else 0)
+        return self.table[index](module, *args, **kwargs)
+
+
+def needs_grad(module: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether autograd records through a call of `module` with these arguments."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            if value.requires_grad:
+                return True
+        elif isinstance(value, (tuple, list)):
+            if any(isinstance(v, torch.Tensor) and v.requires_grad for v in value):
+                return True
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _rebuild(module: nn.Module, repos: tuple, backend: str, previous: Any) -> KernelForward:
+    from .repos import load_layer
+
+    original = _as_method(previous, module)
+    table = []
+    for repo in repos:
+        if repo is None:
+            table.append(original)
+            continue
+        try:
+            table.append(load_layer(repo, backend).forward)
+        except Exception as exc:  # noqa: BLE001 - any failure must be loud, never a silent revert
+            warnings.warn(
+                f"kernel_fx: reloading kernel {repo!r} for a {type(module).__name__} failed ({exc}); "
+                "this module now runs its ORIGINAL forward. Call kernel_fx.kernelize(model) again to retry.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            table.append(original)
+    table_t = tuple(table)
+    return _forward_class(table_t)(module, table_t, repos, backend, previous)

@@ -1,0 +1,121 @@
+"""Import a kernel variant directory as a package under its metadata `id`.
+
+Each variant path is imported once per process and cached; two versions of one kernel carry
+different ids (or paths), so they coexist in `sys.modules`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from ..errors import KernelLoadError
+
+logger = logging.getLogger(__name__)
+
+SOURCE_ATTR = "__kernel_fx_source__"
+
+_imported: dict[Path, ModuleType] = {}
+_lock = threading.RLock()
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    """Where an imported kernel came from, for reports: repo (or local path), commit, variant."""
+
+    repo: str
+    variant: str
+    path: str
+    revision: str | None = None
+    commit: str | None = None
+    unpinned: bool = False
+
+    def __str__(self) -> str:
+        if self.commit:
+            return f"{self.repo}@{self.commit[:12]}"
+        if self.revision:
+            return f"{self.repo}@{self.revision}"
+        return self.repo
+
+
+def read_metadata(variant_dir: Path) -> dict:
+    """The variant's `metadata.json` as a dict ({} when absent)."""
+    path = variant_dir / "metadata.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KernelLoadError(f"Cannot read {path}: {exc}.") from exc
+
+
+def module_name_for(variant_dir: Path, metadata: dict) -> str:
+    """A module name unique to this variant directory, based on metadata `id` where present."""
+    digest = hashlib.sha256(str(variant_dir).encode()).hexdigest()[:10]
+    base = metadata.get("id") or f"kernel_fx_kernel_{digest}"
+    base = "".join(c if c.isalnum() or c == "_" else "_" for c in str(base))
+    existing = sys.modules.get(base)
+    if existing is None or Path(getattr(existing, "__file__", "")).parent == variant_dir:
+        return base
+    return f"{base}_{digest}"  # the same id from another path: another version of the kernel
+
+
+def import_variant(variant_dir: Path, source: KernelSource) -> ModuleType:
+    """Import `variant_dir/__init__.py` as a package and tag it with `source`.
+
+    A failing import leaves no half-imported modules behind and names repo, revision, variant
+    and the original exception.
+    """
+    variant_dir = Path(variant_dir).resolve()
+    with _lock:
+        module = _imported.get(variant_dir)
+        if module is not None:
+            return module
+        init = variant_dir / "__init__.py"
+        if not init.is_file():
+            raise KernelLoadError(f"Kernel {source} variant {source.variant!r} has no __init__.py in {variant_dir}.")
+        name = module_name_for(variant_dir, read_metadata(variant_dir))
+        module = _exec_package(name, init, variant_dir, source)
+        setattr(module, SOURCE_ATTR, source)
+        _imported[variant_dir] = module
+        logger.debug("imported kernel %s (%s) as %s", source, source.variant, name)
+        return module
+
+
+def _exec_package(name: str, init: Path, variant_dir: Path, source: KernelSource) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(variant_dir)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    before = set(sys.modules)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        for leftover in set(sys.modules) - before:
+            if leftover == name or leftover.startswith(name + "."):
+                del sys.modules[leftover]
+        revision = source.commit or source.revision or "local"
+        raise KernelLoadError(
+            f"Importing kernel {source.repo} at revision {revision}, variant {source.variant!r} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return module
+
+
+def source_of(obj: object) -> KernelSource | None:
+    """The `KernelSource` of a kernel module or of a class defined in one."""
+    module_name = obj.__name__ if isinstance(obj, ModuleType) else getattr(obj, "__module__", "") or ""
+    while module_name:
+        module = sys.modules.get(module_name)
+        source = getattr(module, SOURCE_ATTR, None)
+        if source is not None:
+            return source
+        module_name = module_name.rpartition(".")[0]
+    return None

@@ -1,0 +1,81 @@
+"""Plain-torch CPU kernels for the demo's extensible layers.
+
+Each class only has a `forward`, which runs with `self` bound to the user's module (so it reads
+`self.weight`, `self.variance_epsilon`). They compute the same function as the reference layers
+through fused or differently composed torch ops, so a swap is visible but the numbers are not.
+Autograd and torch.compile trace straight through them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["AddRMSNorm", "ApplyRotary", "Attention", "RMSNorm", "SiluAndMul"]
+
+
+class RMSNorm(nn.Module):
+    """`F.rms_norm` in float32, then the weight in the input dtype (Llama's rounding order)."""
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(hidden_states.float(), hidden_states.shape[-1:], eps=self.variance_epsilon)  # (..., H)
+        return self.weight * normed.to(hidden_states.dtype)
+
+
+class AddRMSNorm(nn.Module):
+    """Residual add, then the same normalisation as `RMSNorm`; returns `(normed, new_residual)`."""
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        residual = residual + hidden_states  # (..., H), rounded to the input dtype as the reference
+        normed = F.rms_norm(residual.float(), residual.shape[-1:], eps=self.variance_epsilon)  # (..., H)
+        return self.weight * normed.to(residual.dtype), residual
+
+
+class SiluAndMul(nn.Module):
+    """`silu(gate) * up` with gate and up the two halves of the last dimension."""
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)  # (..., d) each
+        return F.silu(gate) * up
+
+
+class ApplyRotary(nn.Module):
+    """Rotary embedding written on the two halves instead of `rotate_half` + `cat` per term."""
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if cos.dim() == 2:  # (T, D) -> (1, T, D)
+            cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, D)
+        cos1, cos2 = cos.chunk(2, dim=-1)  # (B, 1, T, D/2) each
+        sin1, sin2 = sin.chunk(2, dim=-1)
+
+        def rotate(x: torch.Tensor) -> torch.Tensor:
+            x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+            return torch.cat((x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2), dim=-1)  # (B, H, T, D)
+
+        return rotate(q), rotate(k)
+
+
+class Attention(nn.Module):
+    """Causal SDPA that lets SDPA group the kv heads (`enable_gqa`) instead of copying them."""
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])  # (B, Hq, T, D)

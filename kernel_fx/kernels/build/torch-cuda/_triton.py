@@ -1,0 +1,327 @@
+"""Triton kernels and their launchers; no autograd or torch.library here (see `_ops`).
+
+All kernels are memory bound: each reads its inputs once and writes its outputs once, doing the
+arithmetic in float32 registers and rounding once on store. Launchers take tensors whose last
+dimension is contiguous and allocate their outputs.
+
+With `TRITON_INTERPRET=1` set while this module is imported, the kernels run in Triton's
+interpreter on CPU tensors (how the tests check them without a GPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as exc:  # only this variant needs Triton; the CPU variant does not
+    raise ImportError(
+        "The torch-cuda variant of kernel-fx-bundled needs Triton (pip install triton); "
+        f"importing it failed: {exc}"
+    ) from exc
+
+# `triton.jit` picks the interpreter when it decorates, so remember what it picked.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Rows handled by one program of a backward kernel are summed into one row of partial weight
+# gradients; this many programs per SM keeps enough loads in flight without a large partial buffer.
+_BWD_PROGRAMS_PER_SM = 4
+
+# Element-wise kernels: elements of one row handled by one program.
+_ELEMENTWISE_BLOCK = 2048
+
+
+def _check_device(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if not t.is_cuda and not INTERPRETED:
+            raise ValueError(
+                f"kernel-fx-bundled Triton kernels need CUDA tensors, got a tensor on {t.device}; "
+                "set TRITON_INTERPRET=1 before importing the kernels to run them on CPU."
+            )
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # interpreter: a few programs, so the partial-sum path is still exercised
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _norm_settings(n: int) -> tuple[int, int]:
+    """(BLOCK_N, num_warps) for one row of `n` elements held in registers by one program."""
+    block = triton.next_power_of_2(n)
+    if block > 65536:
+        raise ValueError(f"RMSNorm rows of {n} elements exceed the supported 65536.")
+    # ~8-16 elements per thread: wide vector loads without spilling registers.
+    num_warps = min(max(block // 512, 1), 16)
+    return block, num_warps
+
+
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    """`t` as a 2-D (rows, last dim) tensor with a contiguous last dimension."""
+    t = t.reshape(-1, t.shape[-1])
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+# --- RMSNorm and fused residual add + RMSNorm -----------------------------------------------------
+
+
+@triton.jit
+def _rms_norm_fwd_kernel(
+    X, R, W, Y, S,  # R, S: residual in and residual out (only with HAS_RESIDUAL)
+    stride_x, stride_r, stride_y, stride_s,
+    N, eps,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        # Round the sum to the storage dtype before normalising, as the reference does.
+        x = (x.to(tl.float32) + tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)).to(x.dtype)
+        tl.store(S + row * stride_s + cols, x, mask=mask)
+    x = x.to(tl.float32)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
+    tl.store(Y + row * stride_y + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_norm_bwd_kernel(
+    DY, X, W, DX, DS, DW_PARTIAL,  # DS: gradient arriving at the residual output (HAS_DS)
+    stride_dy, stride_x, stride_dx, stride_ds,
+    M, N, eps, rows_per_program,
+    HAS_DS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # dx = rstd * (w*dy - xhat * mean(xhat * w*dy)),  dw = sum_rows(dy * xhat),  xhat = x * rstd.
+    # rstd is recomputed from x (the row is in registers anyway) instead of saved by the forward.
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    for row in range(row_start, row_end):
+        row64 = row.to(tl.int64)
+        x = tl.load(X + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row64 * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
+        xhat = x * rstd
+        wdy = w * dy
+        dx = (wdy - xhat * (tl.sum(xhat * wdy, axis=0) / N)) * rstd
+        if HAS_DS:
+            dx += tl.load(DS + row64 * stride_ds + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + row64 * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        dw += dy * xhat
+    tl.store(DW_PARTIAL + pid.to(tl.int64) * N + cols, dw, mask=mask)
+
+
+def rms_norm_fwd(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """y = rmsnorm(x [+ residual]) * weight in x's dtype; also the new residual when one is given."""
+    _check_device(x, weight)
+    shape = x.shape
+    x2 = _as_rows(x)  # (M, N)
+    m, n = x2.shape
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    r2 = s = None
+    if residual is not None:
+        r2 = _as_rows(residual)
+        s = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    block, num_warps = _norm_settings(n)
+    _rms_norm_fwd_kernel[(m,)](
+        x2, r2 if r2 is not None else x2, weight.contiguous(), y, s if s is not None else y,
+        x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0), s.stride(0) if s is not None else 0,
+        n, eps,
+        HAS_RESIDUAL=residual is not None, BLOCK_N=block, num_warps=num_warps,
+    )
+    return y.view(shape), (s.view(shape) if s is not None else None)
+
+
+def rms_norm_bwd(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    grad_residual: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad of x, grad of weight) for y = rmsnorm(x) * weight; `grad_residual` is added to the first."""
+    _check_device(grad_out, x, weight)
+    shape = x.shape
+    x2, dy2 = _as_rows(x), _as_rows(grad_out)  # (M, N)
+    ds2 = _as_rows(grad_residual) if grad_residual is not None else None
+    m, n = x2.shape
+    dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    block, num_warps = _norm_settings(n)
+    programs = max(min(m, _sm_count(x.device) * _BWD_PROGRAMS_PER_SM), 1)
+    rows_per_program = triton.cdiv(m, programs)
+    programs = triton.cdiv(m, rows_per_program) if m else 1
+    dw_partial = torch.zeros((programs, n), dtype=torch.float32, device=x.device)  # (P, N)
+    if m:
+        _rms_norm_bwd_kernel[(programs,)](
+            dy2, x2, weight.contiguous(), dx, ds2 if ds2 is not None else dy2, dw_partial,
+            dy2.stride(0), x2.stride(0), dx.stride(0), ds2.stride(0) if ds2 is not None else 0,
+            m, n, eps, rows_per_program,
+            HAS_DS=ds2 is not None, BLOCK_N=block, num_warps=num_warps,
+        )
+    return dx.view(shape), dw_partial.sum(0).to(weight.dtype)
+
+
+# --- SiluAndMul -----------------------------------------------------------------------------------
+
+
+@triton.jit
+def _silu_mul_fwd_kernel(X, Y, stride_x, stride_y, D, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < D
+    gate = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(X + row * stride_x + D + cols, mask=mask, other=0.0).to(tl.float32)
+    y = gate * tl.sigmoid(gate) * up
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _silu_mul_bwd_kernel(DY, X, DX, stride_dy, stride_x, stride_dx, D, BLOCK: tl.constexpr):
+    # d gate = dy * up * s * (1 + gate * (1 - s)),  d up = dy * silu(gate),  s = sigmoid(gate).
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < D
+    gate = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(X + row * stride_x + D + cols, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+    s = tl.sigmoid(gate)
+    d_gate = dy * up * s * (1.0 + gate * (1.0 - s))
+    d_up = dy * gate * s
+    tl.store(DX + row * stride_dx + cols, d_gate.to(DX.dtype.element_ty), mask=mask)
+    tl.store(DX + row * stride_dx + D + cols, d_up.to(DX.dtype.element_ty), mask=mask)
+
+
+def _silu_mul_grid(m: int, d: int) -> tuple[tuple[int, int], int, int]:
+    block = min(_ELEMENTWISE_BLOCK, triton.next_power_of_2(max(d, 1)))
+    num_warps = min(max(block // 256, 1), 8)  # 8 elements (16 B of bf16) per thread and load
+    return (m, triton.cdiv(d, block)), block, num_warps
+
+
+def silu_and_mul_fwd(x: torch.Tensor) -> torch.Tensor:
+    """silu(x[..., :d]) * x[..., d:] in x's dtype."""
+    _check_device(x)
+    x2 = _as_rows(x)  # (M, 2d)
+    m, d = x2.shape[0], x2.shape[1] // 2
+    y = torch.empty((m, d), dtype=x.dtype, device=x.device)  # (M, d)
+    grid, block, num_warps = _silu_mul_grid(m, d)
+    if m and d:
+        _silu_mul_fwd_kernel[grid](x2, y, x2.stride(0), y.stride(0), d, BLOCK=block, num_warps=num_warps)
+    return y.view(*x.shape[:-1], d)
+
+
+def silu_and_mul_bwd(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Gradient of `silu_and_mul_fwd` with respect to x, shaped like x."""
+    _check_device(grad_out, x)
+    x2, dy2 = _as_rows(x), _as_rows(grad_out)  # (M, 2d), (M, d)
+    m, d = x2.shape[0], x2.shape[1] // 2
+    dx = torch.empty((m, 2 * d), dtype=x.dtype, device=x.device)  # (M, 2d)
+    grid, block, num_warps = _silu_mul_grid(m, d)
+    if m and d:
+        _silu_mul_bwd_kernel[grid](
+            dy2, x2, dx, dy2.stride(0), x2.stride(0), dx.stride(0), d, BLOCK=block, num_warps=num_warps
+        )
+    return dx.view(x.shape)
+
+
+# --- rotary embedding -----------------------------------------------------------------------------
+
+
+@triton.jit
+def _rotary_kernel(
+    X, COS, SIN, OUT,
+    T, H,
+    stride_xb, stride_xh, stride_xt,
+    stride_ob, stride_oh, stride_ot,
+    stride_cb, stride_ct,
+    HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BACKWARD: tl.constexpr,
+):
+    # One program per (b, t): cos/sin are loaded once and applied to all H heads.
+    # forward:  o1 = x1*c1 - x2*s1,  o2 = x2*c2 + x1*s2   (Llama: x*cos + rotate_half(x)*sin)
+    # backward: the transpose, g1 = d1*c1 + d2*s2,  g2 = d2*c2 - d1*s1
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // T
+    t = pid % T
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < HALF
+    cs = b * stride_cb + t * stride_ct + d
+    c1 = tl.load(COS + cs, mask=dmask, other=0.0).to(tl.float32)[None, :]  # (1, BLOCK_D)
+    c2 = tl.load(COS + cs + HALF, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    s1 = tl.load(SIN + cs, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    s2 = tl.load(SIN + cs + HALF, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    for h0 in range(0, H, BLOCK_H):
+        h = h0 + tl.arange(0, BLOCK_H)
+        mask = (h < H)[:, None] & dmask[None, :]  # (BLOCK_H, BLOCK_D)
+        xp = X + b * stride_xb + t * stride_xt + h[:, None].to(tl.int64) * stride_xh + d[None, :]
+        op = OUT + b * stride_ob + t * stride_ot + h[:, None].to(tl.int64) * stride_oh + d[None, :]
+        x1 = tl.load(xp, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(xp + HALF, mask=mask, other=0.0).to(tl.float32)
+        if BACKWARD:
+            o1 = x1 * c1 + x2 * s2
+            o2 = x2 * c2 - x1 * s1
+        else:
+            o1 = x1 * c1 - x2 * s1
+            o2 = x2 * c2 + x1 * s2
+        tl.store(op, o1.to(OUT.dtype.element_ty), mask=mask)
+        tl.store(op + HALF, o2.to(OUT.dtype.element_ty), mask=mask)
+
+
+def _rotary_tables(cos: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+    """cos or sin as a (B, T, D) view with a contiguous last dim; broadcast batch has stride 0."""
+    if cos.dim() == 2:  # (T, D) -> (1, T, D)
+        cos = cos.unsqueeze(0)
+    cos = cos.expand(batch, seq, cos.shape[-1])
+    return cos if cos.stride(-1) == 1 else cos.contiguous()
+
+
+def rotary_empty_like(x: torch.Tensor) -> torch.Tensor:
+    """The output buffer of `rotary` for input x; the fake (meta) implementation uses it too.
+
+    It keeps x's layout, e.g. the (B, T, H, D) storage behind a transposed (B, H, T, D) view, so
+    the attention that follows sees the same strides as without the kernel.
+    """
+    out = torch.empty_like(x)
+    return out if out.stride(-1) == 1 else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool = False) -> torch.Tensor:
+    """Rotary embedding of x (B, H, T, D) (or its transpose when `backward`), laid out like x."""
+    _check_device(x, cos, sin)
+    batch, heads, seq, dim = x.shape
+    if dim % 2:
+        raise ValueError(f"Rotary embedding needs an even head dim, got {dim}.")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    cos, sin = _rotary_tables(cos, batch, seq), _rotary_tables(sin, batch, seq)  # (B, T, D)
+    if cos.stride() != sin.stride():
+        cos, sin = cos.contiguous(), sin.contiguous()
+    out = rotary_empty_like(x)
+    half = dim // 2
+    block_d = triton.next_power_of_2(half)
+    block_h = max(min(triton.next_power_of_2(heads), 4096 // block_d), 1)  # <= 4096 elements a tile
+    num_warps = min(max(block_h * block_d // 512, 1), 8)
+    if x.numel():
+        _rotary_kernel[(batch * seq,)](
+            x, cos, sin, out,
+            seq, heads,
+            x.stride(0), x.stride(1), x.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            cos.stride(0), cos.stride(1),
+            HALF=half, BLOCK_H=block_h, BLOCK_D=block_d, BACKWARD=backward, num_warps=num_warps,
+        )
+    return out

@@ -1,0 +1,159 @@
+"""What makes a layer extensible: the decorators model authors put on their classes and functions.
+
+>>> import torch
+>>> from torch import nn
+>>> @use_kernel_forward_from_hub("SiluAndMul")
+... class SiluAndMul(nn.Module):
+...     def forward(self, x: torch.Tensor) -> torch.Tensor:
+...         d = x.shape[-1] // 2
+...         return nn.functional.silu(x[..., :d]) * x[..., d:]
+>>> layer_name_of(SiluAndMul())
+'SiluAndMul'
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, TypeVar
+
+from torch import nn
+
+from .errors import MappingError
+
+T = TypeVar("T")
+
+# The attribute name the Hugging Face `kernels` package sets too: classes it marked count as marked.
+LAYER_NAME_ATTR = "kernel_layer_name"
+
+
+def use_kernel_forward_from_hub(layer_name: str) -> Callable[[T], T]:
+    """Mark a layer class (or a function, see `use_kernelized_func`) as extensible under `layer_name`.
+
+    The class behaves exactly as before; subclasses inherit the name. `kernelize` later looks
+    kernels up by this name.
+    """
+    _check_layer_name(layer_name)
+
+    def decorator(target: T) -> T:
+        if isinstance(target, type):
+            if not issubclass(target, nn.Module):
+                raise MappingError(f"use_kernel_forward_from_hub({layer_name!r}) needs an nn.Module subclass, got {target!r}.")
+            setattr(target, LAYER_NAME_ATTR, layer_name)
+            return target
+        if callable(target):
+            return KernelizableFunction(target, layer_name)  # type: ignore[return-value]
+        raise MappingError(f"use_kernel_forward_from_hub({layer_name!r}) decorates a class or a function, got {target!r}.")
+
+    return decorator
+
+
+def replace_kernel_forward_from_hub(cls: type[nn.Module], layer_name: str) -> None:
+    """Mark a layer class you do not own as extensible under `layer_name`.
+
+    >>> from torch import nn
+    >>> class Norm(nn.Module):
+    ...     def forward(self, x):
+    ...         return x
+    >>> replace_kernel_forward_from_hub(Norm, "RMSNorm")
+    >>> layer_name_of(Norm())
+    'RMSNorm'
+    """
+    use_kernel_forward_from_hub(layer_name)(cls)
+
+
+class KernelizableFunction:
+    """A function marked extensible. Calling it always runs the original function.
+
+    A host module class decorated with `use_kernelized_func(fn)` gets a private `FunctionLayer`
+    per instance, so kernelizing one model never changes the function for another model or for
+    bare calls (the Hugging Face anchor shares one module between all of them).
+    """
+
+    def __init__(self, fn: Callable[..., Any], layer_name: str) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.kernel_layer_name = layer_name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"KernelizableFunction({self.fn.__qualname__}, layer_name={self.kernel_layer_name!r})"
+
+
+class FunctionLayer(nn.Module):
+    """One host module's own handle on an extensible function; `kernelize` swaps its forward."""
+
+    def __init__(self, function: KernelizableFunction) -> None:
+        super().__init__()
+        self.function = function
+        self.kernel_layer_name = function.kernel_layer_name
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function.fn(*args, **kwargs)
+
+    def original_signature(self) -> inspect.Signature:
+        """The signature a kernel's forward must match: the function's, with `self` in front."""
+        sig = inspect.signature(self.function.fn)
+        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return sig.replace(parameters=[self_param, *sig.parameters.values()])
+
+    def extra_repr(self) -> str:
+        return f"{self.function.fn.__qualname__}, layer_name={self.kernel_layer_name!r}"
+
+
+def use_kernelized_func(*functions: KernelizableFunction) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Give every instance of the decorated module class its own kernelizable copy of `functions`.
+
+    Each function becomes a submodule named after it, so the host calls `self.<name>(...)`:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> @use_kernel_forward_from_hub("Double")
+    ... def double(x):
+    ...     return 2 * x
+    >>> @use_kernelized_func(double)
+    ... class Host(nn.Module):
+    ...     def forward(self, x):
+    ...         return self.double(x)
+    >>> Host()(torch.ones(2)).tolist()
+    [2.0, 2.0]
+    """
+    for fn in functions:
+        if not isinstance(fn, KernelizableFunction):
+            raise MappingError(
+                f"use_kernelized_func got {fn!r}; decorate the function with @use_kernel_forward_from_hub(name) first."
+            )
+
+    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        original_init = cls.__init__
+
+        @functools.wraps(original_init)
+        def __init__(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+            original_init(self, *args, **kwargs)
+            for fn in functions:
+                setattr(self, fn.__name__, FunctionLayer(fn))
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
+        return cls
+
+    return decorator
+
+
+def layer_name_of(module: nn.Module) -> str | None:
+    """The extensible layer name of `module`, or None when it is not extensible."""
+    name = getattr(module, LAYER_NAME_ATTR, None)
+    return name if isinstance(name, str) else None
+
+
+def original_signature(module: nn.Module) -> inspect.Signature:
+    """The signature (with `self`) of the forward a kernel replaces on `module`."""
+    if isinstance(module, FunctionLayer):
+        return module.original_signature()
+    return inspect.signature(type(module).forward)
+
+
+def _check_layer_name(layer_name: object) -> None:
+    if not isinstance(layer_name, str) or not layer_name:
+        raise MappingError(f"Layer name {layer_name!r} must be a non-empty string such as 'RMSNorm'.")

@@ -1,0 +1,42 @@
+"""Shared test setup: device gating, a clean mapping and dynamo per test, kernel repo builders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernel_fx import mapping as mapping_module
+
+collect_ignore_glob = ["kernel_repos.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state():
+    """Each test starts with an empty kernel mapping and a fresh dynamo."""
+    token = mapping_module._MAPPING.set(mapping_module._EMPTY)
+    torch._dynamo.reset()
+    try:
+        yield
+    finally:
+        mapping_module._MAPPING.reset(token)
+        torch._dynamo.reset()
+
+
+@pytest.fixture
+def kernel_repo(tmp_path):
+    """Build kernel repos in the Hub layout: `kernel_repo({"torch-cpu": {"layers.py": src}})`."""
+    from kernel_repos import make_kernel_repo
+
+    counter = iter(range(10_000))
+
+    def build(variants, name="repo", **kwargs):
+        return make_kernel_repo(tmp_path / f"{name}{next(counter)}", variants, **kwargs)
+
+    return build
