@@ -105,10 +105,9 @@ class Device:
 
 def device_index(device: str | torch.device | Device) -> int | None:
     """The index in `"cuda:1"` or `torch.device("cuda", 1)`, or None when there is none."""
-    index = getattr(device, "index", None)
-    if index is None and isinstance(device, str) and ":" in device:
-        index = int(device.split(":", 1)[1])
-    return index
+    if isinstance(device, str):
+        return int(device.split(":", 1)[1]) if ":" in device else None
+    return getattr(device, "index", None)
 
 
 def read_capability(type_: str, index: int | None) -> int:

@@ -69,10 +69,17 @@ def _as_method(previous: Any, module: nn.Module) -> ForwardFn:
     return lambda _module, *args, **kwargs: previous(*args, **kwargs)
 
 
-def make_forward(module: nn.Module, by_condition: dict, backend: str) -> KernelForward:
-    """A `KernelForward` for `module` from `{Condition: (kernel class or None, repository)}`."""
-    previous = _previous_forward(module)
-    original = _as_method(previous, module)
+@dataclass(frozen=True)
+class ForwardPlan:
+    """What a site's installed forward runs per condition; shared by every site planned alike."""
+
+    cls: type[KernelForward]
+    table: tuple
+    repos: tuple
+
+
+def plan_forward(original: ForwardFn, by_condition: dict) -> ForwardPlan:
+    """The `ForwardPlan` from `{Condition: (kernel class or None, repository)}`."""
     if len(by_condition) == 1:  # a fixed mode: the same choice whatever the call
         (kernel, repo), = by_condition.values()
         entries = [(kernel, repo)] * 4
@@ -80,7 +87,12 @@ def make_forward(module: nn.Module, by_condition: dict, backend: str) -> KernelF
         entries = [by_condition[c] for c in sorted(by_condition, key=lambda c: c.index)]
     table = tuple(original if k is None else k.forward for k, _ in entries)
     repos = tuple(None if k is None else r for k, r in entries)
-    return _forward_class(table)(module, table, repos, backend, previous)
+    return ForwardPlan(_forward_class(table), table, repos)
+
+
+def make_forward(module: nn.Module, plan: ForwardPlan, backend: str) -> KernelForward:
+    """The forward to install on `module` (whose own previous forward, if any, the plan wraps)."""
+    return plan.cls(module, plan.table, plan.repos, backend, _previous_forward(module))
 
 
 def _forward_class(table: tuple) -> type[KernelForward]:

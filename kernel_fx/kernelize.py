@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from .devices import Device, device_index, read_capability
 from .errors import KernelFxError, KernelizeError
-from .forwards import CONDITIONS, Condition, KernelForward, installed_forward, make_forward, original_forward
+from .forwards import CONDITIONS, Condition, ForwardPlan, installed_forward, make_forward, original_forward, plan_forward
 from .layers import layer_name_of, original_signature
 from .mapping import Choice, resolve
 from .modes import Mode, check_kernelize_mode
@@ -59,9 +59,12 @@ def kernelize(
         check_kernelize_mode(mode)
         if needs_torch_compile:
             mode = mode | Mode.TORCH_COMPILE
-    target = Device.parse(_model_device(model) if device is None else device)
-    planner = _Planner(target, device_index(device) if device is not None else _model_device_index(model))
-    conditions = (Condition.static(mode),) if mode is not None else CONDITIONS
+    if device is None:
+        device = _model_device(model)
+    target = Device.parse(device)
+    planner = _Planner(target, device_index(device))
+    planner.conditions = (Condition.static(mode),) if mode is not None else CONDITIONS
+    planner.compile_only = mode is None and needs_torch_compile
     disabled = _disabled()
     plans = []
     for path, module in model.named_modules():
@@ -69,18 +72,15 @@ def kernelize(
         if layer_name is None:
             continue
         if disabled:
-            skip = Rejected(Reason.DISABLED, "KERNEL_FX_DISABLE is set")
-            slots = {c: _Slot(None, None, skip) for c in conditions}
+            site = planner.skipped(module, layer_name, _DISABLED)
         elif filter_fn is not None and not filter_fn(module, path):
-            slots = {c: _Slot(None, None, Rejected(Reason.FILTERED, "filter_fn returned False")) for c in conditions}
+            site = planner.skipped(module, layer_name, _FILTERED)
         else:
-            slots = {c: planner.slot(module, layer_name, c) for c in conditions}
-            if mode is None and needs_torch_compile:  # eager calls too use only compile-able kernels
-                slots = {c: slots[Condition(c.grad, True)] for c in conditions}
+            site = planner.site(module, layer_name)
         if not use_fallback:
-            _raise_on_fallback(path, layer_name, target, mode, slots, needs_torch_compile)
-        plans.append((path, module, layer_name, slots))
-    sites = [_install(path, module, layer_name, slots, target, mode) for path, module, layer_name, slots in plans]
+            _raise_on_fallback(path, layer_name, target, mode, site.slots, needs_torch_compile)
+        plans.append((path, module, site))
+    sites = [_install(path, module, site, planner.backend) for path, module, site in plans]
     setattr(model, SITES_ATTR, sites)
     return model
 
@@ -116,6 +116,16 @@ class _Slot:
         self.kernel, self.repository, self.rejected = kernel, repository, rejected
 
 
+class _Site(NamedTuple):
+    slots: dict[Condition, _Slot]
+    decisions: tuple[Decision, ...]
+    plan: ForwardPlan | None
+
+
+_DISABLED = Rejected(Reason.DISABLED, "KERNEL_FX_DISABLE is set")
+_FILTERED = Rejected(Reason.FILTERED, "filter_fn returned False")
+
+
 class _Planner:
     """Resolves, loads and validates kernels for one kernelize call, caching per layer and class."""
 
@@ -126,6 +136,9 @@ class _Planner:
         self._capability: int | RuntimeError | None = None
         self._loaded: dict[AnyRepository, type[nn.Module] | Exception] = {}
         self._slots: dict[tuple[str, Any, Condition], _Slot] = {}
+        self._sites: dict[tuple, _Site] = {}
+        self.conditions: tuple[Condition, ...] = CONDITIONS
+        self.compile_only = False
 
     def capability(self) -> int:
         if self._capability is None:
@@ -137,8 +150,32 @@ class _Planner:
             raise self._capability
         return self._capability
 
-    def slot(self, module: nn.Module, layer_name: str, condition: Condition) -> _Slot:
+    def site(self, module: nn.Module, layer_name: str) -> _Site:
+        """Slots, decisions and forward plan of a site; sites of one class share them."""
         original = original_forward(module)
+        key = (layer_name, type(module), original)
+        if key not in self._sites:
+            slots = {c: self._slot(module, layer_name, original, c) for c in self.conditions}
+            if self.compile_only:  # eager calls too use only compile-able kernels
+                slots = {c: slots[Condition(c.grad, True)] for c in self.conditions}
+            self._sites[key] = self._site(module, layer_name, original, slots)
+        return self._sites[key]
+
+    def skipped(self, module: nn.Module, layer_name: str, rejected: Rejected) -> _Site:
+        """A site that keeps its original forward for `rejected` (filtered out, disabled)."""
+        key = (layer_name, type(module), rejected)
+        if key not in self._sites:
+            slot = _Slot(None, None, rejected)
+            self._sites[key] = self._site(module, layer_name, None, {c: slot for c in self.conditions})
+        return self._sites[key]
+
+    def _site(self, module: nn.Module, layer_name: str, original: Any, slots: dict) -> _Site:
+        plan = None
+        if any(s.kernel is not None for s in slots.values()):
+            plan = plan_forward(original, {c: (s.kernel, s.repository) for c, s in slots.items()})
+        return _Site(slots, _decisions(module, layer_name, slots, self.device), plan)
+
+    def _slot(self, module: nn.Module, layer_name: str, original: Any, condition: Condition) -> _Slot:
         key = (layer_name, original, condition)
         if key not in self._slots:
             self._slots[key] = self._plan(module, layer_name, original, condition)
@@ -187,14 +224,15 @@ def _raise_on_fallback(path: str, layer_name: str, device: Device, mode: Mode | 
 # -- installing -------------------------------------------------------------------------------
 
 
-def _install(path: str, module: nn.Module, layer_name: str, slots: dict, device: Device, mode: Mode | None) -> tuple:
+def _install(path: str, module: nn.Module, site: _Site, backend: str) -> tuple[str, tuple[Decision, ...]]:
     previous = installed_forward(module)
     if previous is not None:
+        if site.plan is not None and previous.table == site.plan.table and previous.backend == backend:
+            return path, site.decisions  # a repeated kernelize: the same forward is already there
         previous.uninstall()  # kernelize is idempotent: always start from the original forward
-    by_condition = {c: (s.kernel, s.repository) for c, s in slots.items()}
-    if any(s.kernel is not None for s in slots.values()):
-        make_forward(module, by_condition, backend="metal" if device.type == "mps" else device.type).install()
-    return path, _decisions(module, layer_name, slots, device)
+    if site.plan is not None:
+        make_forward(module, site.plan, backend).install()
+    return path, site.decisions
 
 
 def _decisions(module: nn.Module, layer_name: str, slots: dict, device: Device) -> tuple[Decision, ...]:
@@ -240,10 +278,10 @@ def _label(repo: AnyRepository) -> str:
 
 
 def _first_tensor(model: nn.Module) -> torch.Tensor | None:
-    for tensor in model.parameters():
-        return tensor
-    for tensor in model.buffers():
-        return tensor
+    for module in model.modules():  # one walk, stopping at the first module holding a tensor
+        for tensor in (*module._parameters.values(), *module._buffers.values()):
+            if tensor is not None:
+                return tensor
     return None
 
 
@@ -255,13 +293,8 @@ def _model_device(model: nn.Module) -> torch.device | str:
             "pass device='cpu', 'cuda:0' or a torch.device."
         )
     if tensor.device.type == "cuda" and getattr(torch.version, "hip", None):
-        return "rocm"
+        return f"rocm:{tensor.device.index}"
     return tensor.device
-
-
-def _model_device_index(model: nn.Module) -> int | None:
-    tensor = _first_tensor(model)
-    return None if tensor is None else tensor.device.index
 
 
 def _disabled() -> bool:

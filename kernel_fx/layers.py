@@ -110,13 +110,13 @@ def use_kernelized_func(*functions: KernelizableFunction) -> Callable[[type[nn.M
 
     >>> import torch
     >>> from torch import nn
-    >>> @use_kernel_forward_from_hub("Double")
-    ... def double(x):
+    >>> @use_kernel_forward_from_hub("Twice")
+    ... def twice(x):
     ...     return 2 * x
-    >>> @use_kernelized_func(double)
+    >>> @use_kernelized_func(twice)
     ... class Host(nn.Module):
     ...     def forward(self, x):
-    ...         return self.double(x)
+    ...         return self.twice(x)
     >>> Host()(torch.ones(2)).tolist()
     [2.0, 2.0]
     """
@@ -127,6 +127,12 @@ def use_kernelized_func(*functions: KernelizableFunction) -> Callable[[type[nn.M
             )
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        for fn in functions:
+            if hasattr(cls, fn.__name__):  # a class attribute would shadow the submodule
+                raise MappingError(
+                    f"use_kernelized_func cannot attach {fn.__name__!r} to {cls.__name__}: the class already has "
+                    "an attribute of that name; rename the function."
+                )
         original_init = cls.__init__
 
         @functools.wraps(original_init)
