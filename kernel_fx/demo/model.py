@@ -208,9 +208,10 @@ class DemoAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = hidden_states.shape  # (B, T, C)
-        q = self.q_proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, Hq, T, D)
-        k = self.k_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, D)
-        v = self.v_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, D)
+        # Heads split off the projections and moved before T: (B, H, T, D) views of (B, T, H, D).
+        q = self.q_proj(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)  # (B, Hq, T, D)
+        k = self.k_proj(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)  # (B, Hk, T, D)
+        v = self.v_proj(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)  # (B, Hk, T, D)
         q, k = self.rotary(q, k, cos, sin)
         out = self.attn(q, k, v)  # (B, Hq, T, D)
         out = out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)  # (B, T, Hq*D)
@@ -286,10 +287,12 @@ def build_demo_model(
     True
     """
     config = config or DemoConfig()
-    # A private generator: building the demo must not move the caller's global RNG.
+    # Built on the meta device and filled from a private generator: no default initialisation
+    # runs, so building the demo neither costs time nor moves the caller's global RNG.
     generator = torch.Generator().manual_seed(seed)
-    with torch.device("cpu"):
+    with torch.device("meta"):
         model = DemoModel(config)
+    model = model.to_empty(device="cpu")
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("layernorm.weight") or name == "norm.weight":

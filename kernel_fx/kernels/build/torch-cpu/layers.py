@@ -78,4 +78,4 @@ class Attention(nn.Module):
     can_torch_compile = True
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])  # (B, Hq, T, D)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=bool(q.shape[1] != k.shape[1]))

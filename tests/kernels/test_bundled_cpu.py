@@ -1,0 +1,172 @@
+"""The bundled CPU kernels compute the demo layers' functions, forward and backward.
+
+The variant is imported the way the loader does it (by path, under its metadata id), and each
+kernel forward is bound to a demo module instance with `types.MethodType`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch import nn
+
+from kernel_fx.demo import model as demo
+from kernel_fx.kernels import bundled_repo_path
+
+VARIANT_DIR = bundled_repo_path() / "build" / "torch-cpu"
+LAYER_NAMES = ["RMSNorm", "AddRMSNorm", "SiluAndMul", "ApplyRotary", "Attention"]
+
+
+def load_variant(variant_dir: Path) -> types.ModuleType:
+    """Import `variant_dir/__init__.py` as a package named by its metadata id (as the loader does)."""
+    name = json.loads((variant_dir / "metadata.json").read_text())["id"]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, variant_dir / "__init__.py", submodule_search_locations=[str(variant_dir)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def kernels() -> types.ModuleType:
+    return load_variant(VARIANT_DIR).layers
+
+
+# --- cases: a demo module and inputs for each extensible layer ------------------------------------
+
+
+def _norm(cls: type[nn.Module], hidden: int = 64) -> nn.Module:
+    module = cls(hidden, eps=1e-5)
+    with torch.no_grad():
+        module.weight.copy_(1.0 + 0.1 * torch.randn(hidden))
+    return module
+
+
+def _rotary_inputs(batch_cos: bool) -> tuple[torch.Tensor, ...]:
+    q = torch.randn(2, 4, 7, 16)  # (B, Hq, T, D)
+    k = torch.randn(2, 2, 7, 16)  # (B, Hk, T, D)
+    angles = torch.randn(2 if batch_cos else 1, 7, 8).repeat(1, 1, 2)  # (B, T, D): Llama's [f, f]
+    cos, sin = angles.cos(), angles.sin()
+    if not batch_cos:
+        cos, sin = cos[0], sin[0]  # (T, D)
+    return q, k, cos, sin
+
+
+CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[torch.Tensor, ...]]]] = {
+    "RMSNorm": (lambda: _norm(demo.RMSNorm), lambda: (torch.randn(3, 5, 64),)),
+    "AddRMSNorm": (lambda: _norm(demo.AddRMSNorm), lambda: (torch.randn(3, 5, 64), torch.randn(3, 5, 64))),
+    "SiluAndMul": (demo.SiluAndMul, lambda: (torch.randn(3, 5, 2 * 24),)),
+    "ApplyRotary": (demo.ApplyRotary, lambda: _rotary_inputs(batch_cos=True)),
+    "ApplyRotary-shared-cos": (demo.ApplyRotary, lambda: _rotary_inputs(batch_cos=False)),
+    "Attention": (demo.Attention, lambda: (torch.randn(2, 4, 9, 16), *torch.randn(2, 2, 2, 9, 16))),
+}
+
+
+def _layer_name(case: str) -> str:
+    return case.split("-")[0]
+
+
+def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
+    return result if isinstance(result, tuple) else (result,)
+
+
+def _run(
+    module: nn.Module, forward: Callable[..., Any], inputs: tuple[torch.Tensor, ...], dtype: torch.dtype
+) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]:
+    """Outputs, and gradients of a fixed random projection of them w.r.t. inputs and parameters."""
+    module = module.to(dtype)
+    leaves = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    outs = _outputs(types.MethodType(forward, module)(*leaves))
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum() for o in outs)
+    params = list(module.parameters())
+    grads = torch.autograd.grad(loss, [*leaves, *params])
+    return outs, list(grads)
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+def test_metadata_names_the_package() -> None:
+    metadata = json.loads((VARIANT_DIR / "metadata.json").read_text())
+    assert metadata["id"] == "kernel_fx_bundled_cpu"
+    assert metadata["name"] == "kernel-fx-bundled"
+    assert metadata["version"] == 1
+    assert metadata["backend"]["type"] == "cpu"
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+def test_layer_class_has_only_forward(kernels: types.ModuleType, name: str) -> None:
+    cls = getattr(kernels, name)
+    assert issubclass(cls, nn.Module)
+    members = {k for k in vars(cls) if not k.startswith("__")}
+    assert members <= {"forward", "has_backward", "can_torch_compile"}
+    assert "__init__" not in vars(cls)
+    assert cls.has_backward is True and cls.can_torch_compile is True
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+def test_forward_signature_matches_demo_layer(kernels: types.ModuleType, name: str) -> None:
+    kernel_sig = inspect.signature(getattr(kernels, name).forward)
+    demo_sig = inspect.signature(getattr(demo, name).forward)
+    assert kernel_sig == demo_sig
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_demo_forward_and_backward(kernels: types.ModuleType, case: str) -> None:
+    torch.manual_seed(0)
+    make_module, make_inputs = CASES[case]
+    module, inputs = make_module(), make_inputs()
+    kernel_forward = getattr(kernels, _layer_name(case)).forward
+    original_forward = type(module).forward
+
+    outs, grads = _run(module, kernel_forward, inputs, torch.float32)
+    ref_outs, ref_grads = _run(module, original_forward, inputs, torch.float32)
+    exact_outs, exact_grads = _run(module, original_forward, inputs, torch.float64)
+
+    for out, ref, exact in zip(outs, ref_outs, exact_outs, strict=True):
+        assert out.dtype == ref.dtype and out.shape == ref.shape
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
+    for grad, ref, exact in zip(grads, ref_grads, exact_grads, strict=True):
+        torch.testing.assert_close(grad, ref)
+        torch.testing.assert_close(grad.double(), exact, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["RMSNorm", "AddRMSNorm", "SiluAndMul", "ApplyRotary"])
+def test_bfloat16_keeps_dtype_and_matches(kernels: types.ModuleType, case: str) -> None:
+    torch.manual_seed(0)
+    make_module, make_inputs = CASES[case]
+    module, inputs = make_module(), make_inputs()
+    outs, _ = _run(module, getattr(kernels, case).forward, inputs, torch.bfloat16)
+    ref_outs, _ = _run(module, type(module).forward, inputs, torch.bfloat16)
+    for out, ref in zip(outs, ref_outs, strict=True):
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_kernelized_demo_model_matches_original(kernels: types.ModuleType) -> None:
+    model = demo.build_demo_model(demo.DemoConfig(num_hidden_layers=2))
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    expected = model(ids)
+    swapped = 0
+    for module in model.modules():
+        name = getattr(type(module), "kernel_layer_name", None)
+        if name is not None:
+            module.forward = types.MethodType(getattr(kernels, name).forward, module)
+            swapped += 1
+    assert swapped == 2 * 5 + 1  # five extensible layers per decoder layer, plus the final norm
+    torch.testing.assert_close(model(ids), expected)
