@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--layers", type=int, default=None, help="decoder layers of the demo model")
     demo.add_argument("--no-compile", action="store_true", help="skip the torch.compile runs")
     demo.add_argument("--json", action="store_true", help="print the reports as JSON")
-    demo.set_defaults(handler=_run_demo)
+    demo.set_defaults(func=_run_demo)
 
     report = commands.add_parser("report", help="report what kernel_fx would do on your model")
     report.add_argument("target", help="MODULE:FUNCTION returning a model, or (model, example inputs)")
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--device", default=None)
     report.add_argument("--compile", action="store_true", help="also show what hubkernels would do")
     report.add_argument("--json", action="store_true")
-    report.set_defaults(handler=_run_report)
+    report.set_defaults(func=_run_report)
 
     try:
         from .cli_hub import add_hub_commands
@@ -55,7 +55,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Protocol, Union, runtime_checkable
 from torch import nn
 
 from .errors import KernelLoadError, MappingError
+from .hub.trust import check_trust_setting
 
 
 @runtime_checkable
@@ -32,6 +33,8 @@ class LayerRepository:
     """Layer `layer_name` of Hub kernel repo `repo_id`, at a `revision` or `version` (branch `v<N>`).
 
     With neither, revision `main` is used and the decision is flagged as unpinned.
+    `trust_remote_code`: True, or the repo ids / owners whose code may run on import (see
+    `kernel_fx.hub.trust`).
     """
 
     repo_id: str
@@ -39,11 +42,14 @@ class LayerRepository:
     layer_name: str
     revision: str | None = None
     version: int | None = None
-    trust_remote_code: bool = False
+    trust_remote_code: bool | tuple[str, ...] = False
 
     def __post_init__(self) -> None:
         _check_str("repo_id", self.repo_id, "'org/name'")
         _check_str("layer_name", self.layer_name, "'SiluAndMul'")
+        check_trust_setting(self.trust_remote_code)
+        if not isinstance(self.trust_remote_code, bool):  # a list of repo ids; kept hashable
+            object.__setattr__(self, "trust_remote_code", tuple(self.trust_remote_code))
         if self.revision is not None and self.version is not None:
             raise MappingError(
                 f"LayerRepository({self.repo_id!r}) got revision={self.revision!r} and version={self.version!r}; give one of them."

@@ -1,1 +1,13 @@
-"""The only code that talks to huggingface_hub: variants, download, import, locks."""
+"""The only code that talks to huggingface_hub: find, fetch, verify and import Hub kernels.
+
+    api         get_kernel, has_kernel, get_kernel_variants, load_kernel, get_local_kernel
+    resolve     revision or version -> commit and variant names, from the cache or the Hub
+    remote      the Hub requests (through huggingface_hub) and what their failures mean
+    cache       read-only look-ups in the huggingface_hub cache
+    variants    build variant names, checked against this system, the preferred one chosen
+    trust       who may run code on import
+    integrity   sha256 of a variant's files against a lock or the metadata digest
+    locks       kernel-fx.lock: write, read, pre-fetch; specs: what a project declares
+    importer    import a variant under its metadata id; local: local directories
+    env         the environment variables, read at call time; errors: one type per cause
+"""

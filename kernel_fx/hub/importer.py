@@ -67,6 +67,11 @@ def module_name_for(variant_dir: Path, metadata: dict) -> str:
     return f"{base}_{digest}"  # the same id from another path: another version of the kernel
 
 
+def imported(variant_dir: Path) -> ModuleType | None:
+    """The module already imported from `variant_dir` in this process, if any."""
+    return _imported.get(Path(variant_dir).resolve())
+
+
 def import_variant(variant_dir: Path, source: KernelSource) -> ModuleType:
     """Import `variant_dir/__init__.py` as a package and tag it with `source`.
 

@@ -1,4 +1,14 @@
-"""Kernels from local directories in the Hub layout (`<repo>/build/<variant>/`)."""
+"""Kernels from local directories in the Hub layout (`<repo>/build/<variant>/`).
+
+Local code is the user's own: no trust gate and no digest check (it is edited in place).
+
+>>> import tempfile
+>>> repo = Path(tempfile.mkdtemp())
+>>> (repo / "build" / "torch-universal").mkdir(parents=True)
+>>> _ = (repo / "build" / "torch-universal" / "__init__.py").write_text("def twice(x):\\n    return 2 * x\\n")
+>>> get_local_kernel(repo).twice(21)
+42
+"""
 
 from __future__ import annotations
 
@@ -7,7 +17,7 @@ from types import ModuleType
 
 from ..errors import KernelLoadError
 from .importer import KernelSource, import_variant
-from .variants import choose_variant, system_info
+from .variants import VariantCheck, check_variants, choose_variant, system_info
 
 
 def list_local_variants(repo_path: Path) -> list[str]:
@@ -23,10 +33,29 @@ def get_local_kernel(repo_path: str | Path, *, backend: str | None = None) -> Mo
 
     `repo_path` may also point straight at a variant directory (one holding `__init__.py`).
     """
+    return load_local(repo_path, backend=backend)
+
+
+def load_local(repo_path: str | Path, *, backend: str | None = None, repo_id: str | None = None) -> ModuleType:
+    """`get_local_kernel`, labelled `repo_id (local path)` when it stands in for a Hub repo."""
     repo_path = Path(repo_path).expanduser().resolve()
-    if (repo_path / "__init__.py").is_file():
-        return import_variant(repo_path, KernelSource(str(repo_path), repo_path.name, str(repo_path)))
+    label = f"{repo_id} (local {repo_path})" if repo_id else str(repo_path)
+    if _is_variant_dir(repo_path):
+        return import_variant(repo_path, KernelSource(label, repo_path.name, str(repo_path)))
     system = system_info(backend)
-    choice = choose_variant(list_local_variants(repo_path), system, where=str(repo_path))
+    choice = choose_variant(list_local_variants(repo_path), system, where=label)
     variant_dir = repo_path / "build" / choice.name
-    return import_variant(variant_dir, KernelSource(str(repo_path), choice.name, str(variant_dir)))
+    return import_variant(variant_dir, KernelSource(label, choice.name, str(variant_dir)))
+
+
+def local_variant_checks(repo_path: str | Path, *, backend: str | None = None) -> list[VariantCheck]:
+    """Every variant of the local repo at `repo_path`, judged against this system."""
+    repo_path = Path(repo_path).expanduser().resolve()
+    if _is_variant_dir(repo_path):
+        return [VariantCheck(repo_path.name, None)]
+    return check_variants(list_local_variants(repo_path), system_info(backend))
+
+
+def _is_variant_dir(path: Path) -> bool:
+    # A repo root may be a Python package itself (the bundled one is); build/ marks it as a repo.
+    return (path / "__init__.py").is_file() and not (path / "build").is_dir()

@@ -15,15 +15,18 @@ import platform
 import re
 from dataclasses import dataclass
 
-from ..errors import KernelLoadError
+from .errors import NoVariantError
 
-NOARCH_BACKENDS = ("cpu", "cuda", "rocm", "xpu", "metal", "mps", "npu")
+NOARCH_BACKENDS = ("cpu", "cuda", "rocm", "xpu", "metal", "neuron", "npu")
 
 _ARCH = re.compile(
     r"^torch(?P<stable>-stable-abi)?(?P<maj>\d)(?P<min>\d+)"
     r"(?:-(?P<abi>cxx11|cxx98))?-(?P<backend>[a-z]+)(?P<bver>[\d.]*)-(?P<cpu>[a-z0-9_]+)-(?P<os>[a-z]+)$"
 )
-_BACKEND_ALIASES = {"cu": "cuda", "rocm": "rocm", "xpu": "xpu", "cpu": "cpu", "metal": "metal", "npu": "npu", "cann": "npu"}
+_BACKEND_ALIASES = {
+    "cu": "cuda", "cuda": "cuda", "rocm": "rocm", "xpu": "xpu", "cpu": "cpu", "metal": "metal", "mps": "metal",
+    "neuron": "neuron", "npu": "npu", "cann": "npu",
+}
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,8 @@ def parse_variant(name: str) -> Variant | None:
     """The `Variant` named `name`, or None when the name follows no known scheme."""
     if name == "torch-universal":
         return Variant(name, "universal", "universal")
-    if name.startswith("torch-") and name[len("torch-"):] in NOARCH_BACKENDS:
-        return Variant(name, "noarch", name[len("torch-"):])
+    if name.startswith("torch-") and _BACKEND_ALIASES.get(name[len("torch-"):]) in NOARCH_BACKENDS:
+        return Variant(name, "noarch", _BACKEND_ALIASES[name[len("torch-"):]])
     match = _ARCH.match(name)
     if match is None:
         return None
@@ -157,7 +160,9 @@ def check_variant(name: str, system: SystemInfo) -> VariantCheck:
     if reason:
         return VariantCheck(name, reason)
     minor = variant.backend_version[1] if variant.backend_version else 0
-    return VariantCheck(name, None, (3 if variant.kind == "arch" else 2, minor))
+    if variant.kind == "arch":
+        return VariantCheck(name, None, (3, minor))
+    return VariantCheck(name, None, (2, *variant.torch, minor))  # the newest fitting stable-ABI build
 
 
 def _arch_mismatch(variant: Variant, system: SystemInfo) -> str | None:
@@ -171,17 +176,31 @@ def _arch_mismatch(variant: Variant, system: SystemInfo) -> str | None:
         return f"built with the {'cxx11' if variant.cxx11_abi else 'cxx98'} C++ ABI, torch uses the other one"
     if variant.backend != system.backend:
         return f"built for backend {variant.backend}, this system uses {system.backend}"
-    if variant.backend in ("cuda", "rocm") and variant.backend_version and system.backend_version:
-        vmaj, vmin = variant.backend_version
-        smaj, smin = system.backend_version
-        if vmaj != smaj:
-            return f"built for {variant.backend} {vmaj}.x, torch uses {smaj}.{smin}"
-        if vmin > smin:
-            return f"built for {variant.backend} {vmaj}.{vmin}, newer than torch's {smaj}.{smin}"
+    reason = _backend_version_mismatch(variant, system)
+    if reason:
+        return reason
     if variant.cpu != system.cpu:
         return f"built for CPU {variant.cpu}, this is {system.cpu}"
     if variant.os != system.os:
         return f"built for OS {variant.os}, this is {system.os}"
+    return None
+
+
+def _backend_version_mismatch(variant: Variant, system: SystemInfo) -> str | None:
+    """CUDA: same major, minor not above the system's (CUDA minor versions are compatible upward).
+    Other versioned backends (ROCm, XPU, ...): the exact version."""
+    if not variant.backend_version or not system.backend_version:
+        return None
+    (vmaj, vmin), (smaj, smin) = variant.backend_version, system.backend_version
+    name = variant.backend
+    if name == "cuda":
+        if vmaj != smaj:
+            return f"built for cuda {vmaj}.x, torch uses cuda {smaj}.{smin}"
+        if vmin > smin:
+            return f"built for cuda {vmaj}.{vmin}, newer than torch's cuda {smaj}.{smin}"
+        return None
+    if (vmaj, vmin) != (smaj, smin):
+        return f"built for {name} {vmaj}.{vmin}, torch uses {name} {smaj}.{smin}"
     return None
 
 
@@ -192,9 +211,9 @@ def check_variants(names: list[str], system: SystemInfo) -> list[VariantCheck]:
 
 
 def choose_variant(names: list[str], system: SystemInfo, *, where: str = "kernel repo") -> VariantCheck:
-    """The preferred accepted variant, or a `KernelLoadError` listing every variant with its reason."""
+    """The preferred accepted variant, or a `NoVariantError` listing every variant with its reason."""
     checks = check_variants(names, system)
     if checks and checks[0].accepted:
         return checks[0]
     listing = "; ".join(f"{c.name}: {c.reason}" for c in checks) or "the repo has no build/ variants"
-    raise KernelLoadError(f"No build variant of {where} fits this system ({system}). Variants: {listing}.")
+    raise NoVariantError(f"No build variant of {where} fits this system ({system}). Variants: {listing}.")

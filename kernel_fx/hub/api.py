@@ -1,0 +1,176 @@
+"""Loading kernels as modules: from the Hub, from a lock file, or from a local directory.
+
+Every function first honours `KERNEL_FX_LOCAL_KERNELS` (a mapped repo id loads from its local
+path). A Hub kernel is pinned to a commit (see `resolve`), one build variant is chosen for this
+system (see `variants`), only that variant is downloaded, and its code is imported under the
+metadata `id` once the repo passed the trust gate (see `trust`) and the files their `digest`.
+
+>>> import os, tempfile
+>>> from pathlib import Path
+>>> repo = Path(tempfile.mkdtemp())
+>>> (repo / "build" / "torch-universal").mkdir(parents=True)
+>>> _ = (repo / "build" / "torch-universal" / "__init__.py").write_text("def twice(x):\\n    return 2 * x\\n")
+>>> os.environ["KERNEL_FX_LOCAL_KERNELS"] = f"me/twice={repo}"
+>>> get_kernel("me/twice", version=1).twice(21)
+42
+>>> has_kernel("me/twice")
+True
+>>> [c.name for c in get_kernel_variants("me/twice").checks]
+['torch-universal']
+>>> del os.environ["KERNEL_FX_LOCAL_KERNELS"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from ..errors import MappingError
+from . import env
+from .errors import KernelRepoNotFoundError, KernelRevisionNotFoundError
+from .importer import KernelSource, import_variant, imported, read_metadata
+from .integrity import check_digest
+from .local import get_local_kernel, load_local, local_variant_checks
+from .resolve import Resolved, fetch, resolve
+from .trust import TrustSetting, check_trust_setting, check_trusted
+from .variants import SystemInfo, VariantCheck, check_variants, choose_variant, system_info
+
+__all__ = ["KernelVariants", "get_kernel", "get_kernel_variants", "get_local_kernel", "has_kernel", "load_kernel"]
+
+
+@dataclass(frozen=True)
+class KernelVariants:
+    """Every variant of a repo at a revision, accepted or rejected with its reason, for a system."""
+
+    repo_id: str
+    revision: str
+    commit: str | None
+    system: SystemInfo
+    checks: tuple[VariantCheck, ...]
+    from_cache: bool = False
+
+    @property
+    def chosen(self) -> VariantCheck | None:
+        """The variant `get_kernel` would load, or None."""
+        return self.checks[0] if self.checks and self.checks[0].accepted else None
+
+
+def get_kernel(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    version: int | None = None,
+    backend: str | None = None,
+    trust_remote_code: TrustSetting = False,
+) -> ModuleType:
+    """Download (if needed) and import the variant of Hub kernel repo `repo_id` that fits this system.
+
+    `revision` is a branch, tag or commit sha (default `main`); `version=N` means branch `vN`; give
+    at most one. `backend` ("cpu", "cuda", ...) defaults to torch's build. The repo must be trusted
+    (see `trust_remote_code` and KERNEL_FX_TRUSTED). See the module docstring for an example.
+    """
+    _check_request(repo_id, revision, version)
+    check_trust_setting(trust_remote_code)
+    override = env.local_kernels().get(repo_id)
+    if override is not None:
+        return load_local(override, backend=backend, repo_id=repo_id)
+    system = system_info(backend)
+    resolved = resolve(repo_id, revision=revision, version=version, system=system)
+    choice = choose_variant(list(resolved.variants), system, where=_where(resolved))
+    check_trusted(repo_id, trust_remote_code)
+    variant_dir, commit = fetch(resolved, choice.name)
+    module = imported(variant_dir)
+    if module is not None:
+        return module
+    check_digest(variant_dir, read_metadata(variant_dir), where=f"{resolved} variant {choice.name}")
+    unpinned = revision is None and version is None
+    source = KernelSource(repo_id, choice.name, str(variant_dir), revision=resolved.revision, commit=commit, unpinned=unpinned)
+    return import_variant(variant_dir, source)
+
+
+def has_kernel(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    version: int | None = None,
+    backend: str | None = None,
+    trust_remote_code: TrustSetting = False,
+) -> bool:
+    """Whether `repo_id` at `revision` / `version` exists and has a variant for this system.
+
+    Nothing is downloaded or imported, so trust is not checked (`get_kernel` says when it is
+    missing); `trust_remote_code` is accepted so that the same arguments fit both functions.
+    An unreachable Hub, or offline mode without a cached copy, raises: the answer is unknown.
+    """
+    _check_request(repo_id, revision, version)
+    check_trust_setting(trust_remote_code)
+    try:
+        found = get_kernel_variants(repo_id, revision=revision, version=version, backend=backend)
+    except (KernelRepoNotFoundError, KernelRevisionNotFoundError):
+        return False
+    return found.chosen is not None
+
+
+def get_kernel_variants(
+    repo_id: str, *, revision: str | None = None, version: int | None = None, backend: str | None = None
+) -> KernelVariants:
+    """Every build variant of `repo_id` at `revision` / `version`, judged against this system.
+
+    Offline, only the variants in the cache are known (`from_cache` is then True).
+    """
+    _check_request(repo_id, revision, version)
+    system = system_info(backend)
+    override = env.local_kernels().get(repo_id)
+    if override is not None:
+        checks = local_variant_checks(override, backend=backend)
+        return KernelVariants(repo_id, f"local {override}", None, system, tuple(checks))
+    resolved = resolve(repo_id, revision=revision, version=version, system=system)
+    checks = check_variants(list(resolved.variants), system)
+    return KernelVariants(repo_id, resolved.revision, resolved.commit, system, tuple(checks), resolved.from_cache)
+
+
+def load_kernel(repo_id: str, *, lockfile: str | Path | None = None, backend: str | None = None) -> ModuleType:
+    """Import `repo_id` as pinned in `lockfile`, from the cache only, after checking every file's sha256.
+
+    Never downloads (`kernel-fx download LOCKFILE` fetches what a lock names). Without `lockfile`,
+    the nearest `kernel-fx.lock` in the working directory or its parents is used. Lock-verified
+    kernels need no trust opt-in.
+
+    >>> load_kernel("org/act", lockfile="/nonexistent/kernel-fx.lock")
+    Traceback (most recent call last):
+    ...
+    kernel_fx.hub.errors.LockfileError: Lock file /nonexistent/kernel-fx.lock does not exist; create it with `kernel-fx lock`.
+    """
+    override = env.local_kernels().get(repo_id)
+    if override is not None:
+        return load_local(override, backend=backend, repo_id=repo_id)
+    # imported here: lock files are not on get_kernel's path, and `import kernel_fx` should stay cheap
+    from .locks import choose_locked, find_lockfile, read_lockfile, verified_dir
+
+    path = Path(lockfile) if lockfile is not None else find_lockfile()
+    entry = choose_locked(read_lockfile(path), repo_id, system_info(backend), path)
+    variant_dir = entry.cached_dir()
+    module = imported(variant_dir)
+    if module is not None:  # its code already ran in this process: checking the files now protects nothing
+        return module
+    verified_dir(entry, path)
+    check_digest(variant_dir, read_metadata(variant_dir), where=str(entry))
+    source = KernelSource(repo_id, entry.variant, str(variant_dir), revision=entry.revision, commit=entry.commit)
+    return import_variant(variant_dir, source)
+
+
+def _check_request(repo_id: object, revision: object, version: object) -> None:
+    if not isinstance(repo_id, str) or not env.REPO_ID.match(repo_id):
+        raise MappingError(f"repo_id={repo_id!r} must be a Hub repo id such as 'kernels-community/activation'.")
+    if revision is not None and version is not None:
+        raise MappingError(f"{repo_id}: got revision={revision!r} and version={version!r}; give one of them.")
+    if revision is not None and (not isinstance(revision, str) or not revision):
+        raise MappingError(f"{repo_id}: revision={revision!r} must be a branch, tag or commit sha.")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 0):
+        raise MappingError(f"{repo_id}: version={version!r} must be a non-negative int (branch v<N>).")
+
+
+def _where(resolved: Resolved) -> str:
+    note = " (only the variants in the local cache were considered)" if resolved.from_cache else ""
+    return f"kernel repo {resolved}{note}"

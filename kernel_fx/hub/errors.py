@@ -1,0 +1,49 @@
+"""Why loading a kernel from the Hub failed, one type per cause.
+
+All are `KernelLoadError`s, so `kernelize(use_fallback=True)` records any of them as the site's
+fallback reason, with the message; callers that care catch the precise type.
+"""
+
+from __future__ import annotations
+
+from ..errors import KernelLoadError
+
+
+class HubUnavailableError(KernelLoadError):
+    """The Hub could not answer: unreachable, or it answered with a server error."""
+
+
+class HubUnreachableError(HubUnavailableError):
+    """No connection to the Hub endpoint (refused, timed out, dropped)."""
+
+
+class HubServerError(HubUnavailableError):
+    """The Hub answered with an HTTP error that is not "not found" (5xx, 403, ...)."""
+
+
+class KernelRepoNotFoundError(KernelLoadError):
+    """The kernel repo does not exist under any repo type tried, or is private or gated."""
+
+
+class KernelRevisionNotFoundError(KernelLoadError):
+    """The revision (branch, tag, commit) or version (branch `v<N>`) does not exist in the repo."""
+
+
+class NoVariantError(KernelLoadError):
+    """No build variant of the repo fits this system."""
+
+
+class NotCachedError(KernelLoadError):
+    """The kernel is needed from the cache (offline, or from a lock file) but is not there."""
+
+
+class KernelIntegrityError(KernelLoadError):
+    """Files on disk differ from the sha256 recorded in a lock file or in the metadata digest."""
+
+
+class UntrustedKernelError(KernelLoadError):
+    """The kernel's code would run on import, but its repo is not trusted."""
+
+
+class LockfileError(KernelLoadError):
+    """A lock file or a project's kernel declaration is missing or malformed."""

@@ -1,0 +1,185 @@
+"""Lock files: which commit and variant of each kernel a project runs, and every file's sha256.
+
+`kernel-fx.lock` is JSON:
+
+    {"kernel_fx_lock": 1,
+     "kernels": [{"repo_id": "kernels-community/activation", "repo_type": "kernel", "revision": "v1",
+                  "commit": "<40 hex>", "variant": "torch-cpu",
+                  "files": {"__init__.py": "<sha256>", "layers.py": "<sha256>", ...}}]}
+
+A repo may be locked for several variants (one per target system); loading picks the one that
+fits. Files are relative to `build/<variant>/`. A locked kernel is loaded from the cache only, and
+only after every file matched its sha256.
+
+>>> entry = LockedVariant("org/act", "kernel", "v1", "ab" * 20, "torch-cpu", {"__init__.py": "0" * 64})
+>>> parse_entry(entry.as_dict(), "x.lock", 0) == entry
+True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from . import cache, env
+from .errors import LockfileError, NotCachedError
+from .integrity import hash_files, verify_files
+from .resolve import Resolved, fetch, resolve
+from .variants import SystemInfo, choose_variant
+
+if TYPE_CHECKING:
+    from .specs import KernelSpec
+
+logger = logging.getLogger(__name__)
+
+LOCKFILE_NAME = "kernel-fx.lock"
+FORMAT_VERSION = 1
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class LockedVariant:
+    """One variant of one kernel, pinned to a commit, with the sha256 of each of its files."""
+
+    repo_id: str
+    repo_type: str
+    revision: str
+    commit: str
+    variant: str
+    files: dict[str, str] = field(hash=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"repo_id": self.repo_id, "repo_type": self.repo_type, "revision": self.revision,
+                "commit": self.commit, "variant": self.variant, "files": dict(sorted(self.files.items()))}
+
+    def cached_dir(self) -> Path:
+        """Where this variant lives in the cache (it may be absent)."""
+        folder = cache.repo_folder(env.hub_cache_dir(), self.repo_type, self.repo_id)
+        return cache.variant_dir(folder, self.commit, self.variant)
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}@{self.commit[:12]} variant {self.variant}"
+
+
+# -- reading and writing ----------------------------------------------------------------------
+
+
+def find_lockfile(start: Path | None = None) -> Path:
+    """The nearest `kernel-fx.lock` in `start` (default: the working directory) or its parents."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / LOCKFILE_NAME
+        if candidate.is_file():
+            return candidate
+    raise LockfileError(
+        f"No {LOCKFILE_NAME} in {here} or its parents; pass lockfile=, or create one with `kernel-fx lock` in the project."
+    )
+
+
+def read_lockfile(path: Path) -> list[LockedVariant]:
+    """The entries of the lock file at `path`, validated."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LockfileError(f"Lock file {path} does not exist; create it with `kernel-fx lock`.") from None
+    except (OSError, ValueError) as exc:
+        raise LockfileError(f"Cannot read lock file {path}: {exc}.") from exc
+    if not isinstance(data, dict) or data.get("kernel_fx_lock") != FORMAT_VERSION or not isinstance(data.get("kernels"), list):
+        raise LockfileError(f"{path} is not a kernel_fx lock file: expected {{\"kernel_fx_lock\": {FORMAT_VERSION}, \"kernels\": [...]}}.")
+    return [parse_entry(item, path, i) for i, item in enumerate(data["kernels"])]
+
+
+def parse_entry(item: object, path: Path | str, index: int) -> LockedVariant:
+    """One validated lock entry; the error names the file, the entry and the bad field."""
+    where = f"{path}: kernels[{index}]"
+    if not isinstance(item, dict):
+        raise LockfileError(f"{where} must be an object, got {item!r}.")
+    for key in ("repo_id", "repo_type", "revision", "commit", "variant"):
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise LockfileError(f"{where} field {key!r} must be a non-empty string, got {item.get(key)!r}.")
+    if not cache.is_commit(item["commit"]):
+        raise LockfileError(f"{where} commit {item['commit']!r} must be a 40-hex commit sha.")
+    files = item.get("files")
+    if not isinstance(files, dict) or not files or not all(isinstance(v, str) and _SHA256.match(v) for v in files.values()):
+        raise LockfileError(f"{where} files must map each file of the variant to its sha256 (64 hex).")
+    return LockedVariant(item["repo_id"], item["repo_type"], item["revision"], item["commit"], item["variant"], dict(files))
+
+
+def write_lockfile(path: Path, entries: Iterable[LockedVariant]) -> None:
+    """Write `entries`, sorted by repo and variant, so that re-locking gives a small diff."""
+    ordered = sorted(entries, key=lambda e: (e.repo_id, e.variant))
+    data = {"kernel_fx_lock": FORMAT_VERSION, "kernels": [e.as_dict() for e in ordered]}
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def choose_locked(entries: list[LockedVariant], repo_id: str, system: SystemInfo, lockfile: Path) -> LockedVariant:
+    """The locked variant of `repo_id` that fits `system`."""
+    mine = [e for e in entries if e.repo_id == repo_id]
+    if not mine:
+        locked = ", ".join(sorted({e.repo_id for e in entries})) or "nothing"
+        raise LockfileError(
+            f"Lock file {lockfile} has no entry for {repo_id!r} (it locks: {locked}); add it with `kernel-fx lock {repo_id}`."
+        )
+    choice = choose_variant([e.variant for e in mine], system, where=f"{repo_id} in lock file {lockfile}")
+    return next(e for e in mine if e.variant == choice.name)
+
+
+def verified_dir(entry: LockedVariant, lockfile: Path) -> Path:
+    """The cached directory of `entry`, after checking every file against the lock."""
+    variant_dir = entry.cached_dir()
+    if not variant_dir.is_dir():
+        raise NotCachedError(
+            f"{entry} (locked in {lockfile}) is not in the cache {env.hub_cache_dir()}; "
+            f"fetch it with `kernel-fx download {lockfile}` (set KERNEL_FX_CACHE to use another cache)."
+        )
+    verify_files(variant_dir, entry.files, what=f"lock file {lockfile} ({entry})")
+    return variant_dir
+
+
+# -- creating and pre-fetching ----------------------------------------------------------------
+
+
+def lock_kernels(specs: Iterable[KernelSpec], system: SystemInfo) -> list[LockedVariant]:
+    """Resolve each spec, download its variants and record their files' sha256.
+
+    A spec without `variants` locks the variant that fits `system`.
+    """
+    entries = []
+    for spec in specs:
+        resolved = resolve(spec.repo_id, revision=spec.revision, version=spec.version, system=system)
+        for variant in _variants_to_lock(spec, resolved, system):
+            variant_dir, commit = fetch(resolved, variant)
+            entries.append(LockedVariant(spec.repo_id, resolved.repo_type, resolved.revision, commit, variant, hash_files(variant_dir)))
+            logger.info("kernel_fx: locked %s", entries[-1])
+    return entries
+
+
+def _variants_to_lock(spec: KernelSpec, resolved: Resolved, system: SystemInfo) -> tuple[str, ...]:
+    if not spec.variants:
+        return (choose_variant(list(resolved.variants), system, where=f"kernel repo {resolved}").name,)
+    missing = [v for v in spec.variants if v not in resolved.variants]
+    if missing:
+        raise LockfileError(
+            f"Kernel repo {resolved} has no variant {', '.join(missing)}; its variants are: {', '.join(resolved.variants) or 'none'}."
+        )
+    return spec.variants
+
+
+def download_locked(entries: Iterable[LockedVariant], lockfile: Path) -> list[Path]:
+    """Make every locked variant present and verified in the cache; return their directories."""
+    from . import remote
+
+    paths = []
+    for entry in entries:
+        if not entry.cached_dir().is_dir():
+            if env.offline():
+                raise NotCachedError(f"{entry} is not in the cache {env.hub_cache_dir()} and HF_HUB_OFFLINE is set; unset it to download.")
+            pinned = Resolved(entry.repo_id, entry.repo_type, entry.commit, entry.commit, (entry.variant,))
+            remote.download_variant(pinned, entry.variant)
+        paths.append(verified_dir(entry, lockfile))
+    return paths
