@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .devices import CUDAProperties, Device, ROCMProperties
 from .errors import KernelFxError, KernelizeError, KernelLoadError, KernelValidationError, MappingError
+from .hub.api import get_kernel, get_kernel_variants, get_local_kernel, has_kernel, load_kernel
 from .kernelize import kernelize, report, unkernelize
 from .layers import (
     replace_kernel_forward_from_hub,
@@ -17,10 +18,23 @@ from .repos import LayerRepository, LocalLayerRepository, LockedLayerRepository
 
 __version__ = "0.1.0"
 
+# The compiled path loads on first use: it imports torch._dynamo, which `import kernel_fx` must not.
+_COMPILE_EXPORTS = ("HubKernelsBackend", "hubkernels", "last_compile_report")
+
+
+def __getattr__(name: str):
+    if name in _COMPILE_EXPORTS:
+        from .compile import backend
+
+        return getattr(backend, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CUDAProperties",
     "Decision",
     "Device",
+    "HubKernelsBackend",
     "KernelFxError",
     "KernelLoadError",
     "KernelValidationError",
@@ -35,7 +49,14 @@ __all__ = [
     "Reason",
     "Rejected",
     "Report",
+    "get_kernel",
+    "get_kernel_variants",
+    "get_local_kernel",
+    "has_kernel",
+    "hubkernels",
     "kernelize",
+    "last_compile_report",
+    "load_kernel",
     "register_kernel_mapping",
     "replace_kernel_forward_from_hub",
     "report",

@@ -127,10 +127,16 @@ _FILTERED = Rejected(Reason.FILTERED, "filter_fn returned False")
 
 
 class _Planner:
-    """Resolves, loads and validates kernels for one kernelize call, caching per layer and class."""
+    """Resolves, loads and validates kernels for one kernelize call, caching per layer and class.
 
-    def __init__(self, device: Device, index: int | None) -> None:
+    The compiled path plans with it too, one condition per call site (`slot`), with
+    `opaque_ok=True`: a kernel with `can_torch_compile = False` is planned under compiling
+    conditions instead of rejected, because the graph pass runs it as an opaque op.
+    """
+
+    def __init__(self, device: Device, index: int | None, *, opaque_ok: bool = False) -> None:
         self.device = device
+        self.opaque_ok = opaque_ok
         self.backend = "metal" if device.type == "mps" else device.type
         self._index = index
         self._capability: int | RuntimeError | None = None
@@ -175,6 +181,10 @@ class _Planner:
             plan = plan_forward(original, {c: (s.kernel, s.repository) for c, s in slots.items()})
         return _Site(slots, _decisions(module, layer_name, slots, self.device), plan)
 
+    def slot(self, module: nn.Module, layer_name: str, condition: Condition) -> _Slot:
+        """What runs at a site of `module` under one `condition` (the compiled path's question)."""
+        return self._slot(module, layer_name, original_forward(module), condition)
+
     def _slot(self, module: nn.Module, layer_name: str, original: Any, condition: Condition) -> _Slot:
         key = (layer_name, original, condition)
         if key not in self._slots:
@@ -194,7 +204,7 @@ class _Planner:
             return _Slot(None, choice.repository, Rejected(Reason.VALIDATION_FAILED, f"{where} does not fit {type(module).__name__}: {problem}"))
         if condition.grad and not getattr(kernel, "has_backward", True):
             return _Slot(None, choice.repository, Rejected(Reason.TRAINING_FALLBACK, "kernel has no backward (has_backward = False)"))
-        if condition.compiling and not getattr(kernel, "can_torch_compile", False):
+        if condition.compiling and not self.opaque_ok and not getattr(kernel, "can_torch_compile", False):
             return _Slot(None, choice.repository, Rejected(Reason.NOT_COMPILABLE, "kernel has can_torch_compile = False"))
         return _Slot(kernel, choice.repository, None)
 

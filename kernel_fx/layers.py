@@ -17,21 +17,28 @@ import functools
 import inspect
 from typing import Any, Callable, TypeVar
 
+import torch
 from torch import nn
 
+from .compile import boundary
 from .errors import MappingError
 
 T = TypeVar("T")
 
 # The attribute name the Hugging Face `kernels` package sets too: classes it marked count as marked.
 LAYER_NAME_ATTR = "kernel_layer_name"
+# Set on the forward wrappers below, so a class is wrapped once and a subclass is not wrapped again.
+MARKED_ATTR = "__kernel_fx_marked__"
+
+_is_dynamo_compiling = torch.compiler.is_dynamo_compiling  # False in eager; dynamo traces it as True
 
 
 def use_kernel_forward_from_hub(layer_name: str) -> Callable[[T], T]:
     """Mark a layer class (or a function, see `use_kernelized_func`) as extensible under `layer_name`.
 
     The class behaves exactly as before; subclasses inherit the name. `kernelize` later looks
-    kernels up by this name.
+    kernels up by this name. Its forward is wrapped (see `mark_forward`) so that the hubkernels
+    torch.compile backend sees each call's exact arguments.
     """
     _check_layer_name(layer_name)
 
@@ -40,6 +47,7 @@ def use_kernel_forward_from_hub(layer_name: str) -> Callable[[T], T]:
             if not issubclass(target, nn.Module):
                 raise MappingError(f"use_kernel_forward_from_hub({layer_name!r}) needs an nn.Module subclass, got {target!r}.")
             setattr(target, LAYER_NAME_ATTR, layer_name)
+            mark_forward(target)
             return target
         if callable(target):
             return KernelizableFunction(target, layer_name)  # type: ignore[return-value]
@@ -60,6 +68,42 @@ def replace_kernel_forward_from_hub(cls: type[nn.Module], layer_name: str) -> No
     'RMSNorm'
     """
     use_kernel_forward_from_hub(layer_name)(cls)
+
+
+def mark_forward(cls: type[nn.Module]) -> None:
+    """Wrap `cls.forward` so dynamo traces each call between hubkernels boundary markers.
+
+    In eager the wrapper just calls the forward (one extra frame and a constant check per call).
+    Only `cls` changes: an inherited forward is wrapped in a new function set on `cls`, a
+    forward that is already wrapped (a subclass of a marked class) is left alone, and classes
+    defined by torch itself are not wrapped (their calls still bind from the graph when they
+    take one tensor).
+
+    >>> from torch import nn
+    >>> class Norm(nn.Module):
+    ...     def forward(self, x, eps=1e-6):
+    ...         return x
+    >>> original = Norm.forward
+    >>> mark_forward(Norm)
+    >>> Norm.forward is original, Norm.forward.__wrapped__ is original
+    (False, True)
+    >>> import inspect; str(inspect.signature(Norm.forward))
+    '(self, x, eps=1e-06)'
+    """
+    forward = cls.forward
+    if getattr(forward, MARKED_ATTR, False) or forward is nn.Module.forward:
+        return
+    if cls.__module__.split(".")[0] == "torch":
+        return
+
+    @functools.wraps(forward)
+    def marked_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if _is_dynamo_compiling():
+            return boundary.marked_call(forward, marked_forward, self, args, kwargs)
+        return forward(self, *args, **kwargs)
+
+    setattr(marked_forward, MARKED_ATTR, True)
+    cls.forward = marked_forward  # type: ignore[method-assign]
 
 
 class KernelizableFunction:
@@ -101,6 +145,9 @@ class FunctionLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.function.fn.__qualname__}, layer_name={self.kernel_layer_name!r}"
+
+
+mark_forward(FunctionLayer)
 
 
 def use_kernelized_func(*functions: KernelizableFunction) -> Callable[[type[nn.Module]], type[nn.Module]]:

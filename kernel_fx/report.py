@@ -44,6 +44,7 @@ class Reason(str, Enum):
     PARTIAL_REGION = "partial region"
     NOT_TRACEABLE = "not traceable"
     UNKNOWN_MODULE = "module not resolved"
+    ENCLOSED = "inside a substituted call"
 
 
 @dataclass(frozen=True)

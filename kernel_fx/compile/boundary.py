@@ -1,0 +1,145 @@
+"""The exact call boundary of a marked forward, as dynamo traces it for the hubkernels backend.
+
+`use_kernel_forward_from_hub` wraps the forward of the class it decorates. In eager the wrapper
+only calls the original forward. When dynamo traces it for the hubkernels backend, the call is
+bracketed by two marker ops that dynamo writes into the graph as they are:
+
+    enter((token, training, names, class, layer), *values) -> aliases of the tensor values, in order
+    ...the forward's own nodes, reading those aliases...
+    exit((token, spec), *outputs)                         -> aliases of the output tensors, in order
+
+so the backend knows which graph value is which forward argument (`names`: position or keyword)
+and which is which output, whatever order the body reads them in. Reading `module.training` here
+makes dynamo guard on it, so `model.train()` / `model.eval()` recompiles.
+
+Markers appear only when the graph goes to hubkernels (checked at trace time, without a guard:
+dynamo's cache entries are per backend anyway); torch.export and every other backend see the
+forward exactly as before. The backend removes every marker before its inner compiler runs.
+
+Nothing here imports torch._dynamo at import time: `import kernel_fx` must stay cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+# Set on the hubkernels backend function and on HubKernelsBackend: how a trace recognises them.
+BACKEND_ATTR = "_kernel_fx_hubkernels"
+
+# Argument kinds in an enter marker's `names`.
+TENSOR, CONSTANT, UNSUPPORTED = "tensor", "constant", "unsupported"
+
+_tokens = itertools.count(1)
+
+
+def enter(meta: tuple, *values: Any) -> tuple[torch.Tensor, ...]:
+    """Marker at the start of a call; returns aliases of the tensor `values` (never runs compiled)."""
+    return tuple(v.view_as(v) for v in values if isinstance(v, torch.Tensor))
+
+
+def exit(meta: tuple, *outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: A001 - the marker's name
+    """Marker at the end of a call; returns aliases of `outputs` (never runs compiled)."""
+    return tuple(o.view_as(o) for o in outputs)
+
+
+def is_marker(target: object) -> bool:
+    return target is enter or target is exit
+
+
+@functools.cache
+def allow_markers() -> None:
+    """Let dynamo write the markers into graphs as calls (once; imports torch._dynamo)."""
+    torch.compiler.allow_in_graph(enter)
+    torch.compiler.allow_in_graph(exit)
+
+
+def site_token(cls: type, wrapper: Callable[..., Any]) -> int | None:
+    """Evaluated by dynamo at trace time (`assume_constant_result`): a fresh token pairing one
+    call's enter and exit markers, or None when the call must not be marked.
+
+    Not marked: graphs for another backend (or torch.export), and calls where `wrapper` is not
+    the forward of `cls` (a subclass with its own forward calling `super().forward`). The module
+    itself is not passed: dynamo would guard on its identity (ID_MATCH), and a frame shared by
+    many layers would recompile for each. The backend finds it from the call's nn_module_stack.
+    """
+    if cls.forward is not wrapper or not _compiling_for_hubkernels():
+        return None
+    allow_markers()
+    return next(_tokens)
+
+
+# = torch._dynamo.assume_constant_result, without importing dynamo
+site_token._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def class_name(cls: type) -> str:
+    """How an enter marker names its module's class, so the backend can check the module it finds."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _compiling_for_hubkernels() -> bool:
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        backend: Any = InstructionTranslator.current_tx().output.compiler_fn
+    except Exception:  # noqa: BLE001 - not tracing, or a torch without these internals: do not mark
+        return False
+    for _ in range(12):  # unwrap WrapBackendDebug, _TorchCompileWrapper, partials
+        if backend is None:
+            return False
+        if getattr(backend, BACKEND_ATTR, False):
+            return True
+        backend = next(
+            (getattr(backend, a) for a in ("_torchdynamo_orig_backend", "compiler_fn", "func", "__wrapped__") if getattr(backend, a, None) is not None),
+            None,
+        )
+    return False
+
+
+def _routable(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.SymInt, torch.SymFloat, torch.SymBool))
+
+
+def marked_call(forward: Callable[..., Any], wrapper: Callable[..., Any], module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """What a marked forward does while dynamo traces it. Dynamo inlines this function."""
+    token = site_token(type(module), wrapper)
+    if token is None:  # other backends and torch.export: exactly the forward
+        return forward(module, *args, **kwargs)
+    names = []
+    values = []
+    for key, value in itertools.chain(enumerate(args), kwargs.items()):
+        if isinstance(value, torch.Tensor):
+            names.append((key, TENSOR))
+            values.append(value)
+        elif _routable(value):
+            names.append((key, CONSTANT))
+            values.append(value)
+        else:  # not passed to the marker (dynamo could not put it in a graph); the backend skips the site
+            names.append((key, UNSUPPORTED))
+    meta = (token, module.training, tuple(names), class_name(type(module)), getattr(module, "kernel_layer_name", None))
+    aliases = iter(enter(meta, *values))
+    new_args = list(args)
+    new_kwargs = dict(kwargs)
+    for key, kind in names:
+        if kind == TENSOR:
+            if isinstance(key, int):
+                new_args[key] = next(aliases)
+            else:
+                new_kwargs[key] = next(aliases)
+    out = forward(module, *new_args, **new_kwargs)
+    return _marked_output(token, out)
+
+
+def _marked_output(token: int, out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return exit((token, True), out)[0]
+    if isinstance(out, tuple) and all(o is None or isinstance(o, torch.Tensor) for o in out):
+        spec = tuple(o is not None for o in out)
+        routed = iter(exit((token, spec), *[o for o in out if o is not None]))
+        return tuple(next(routed) if is_tensor else None for is_tensor in spec)
+    return out  # no exit marker: the backend sees an unclosed call and leaves it alone

@@ -1,0 +1,140 @@
+"""What the backend did to one graph, as data: code and op counts before and after, the nodes
+removed and added, and a decision per site. `Report.graphs` holds these; rendering is elsewhere.
+
+>>> import torch
+>>> gm = torch.fx.symbolic_trace(lambda x: torch.relu(x) + 1)
+>>> snap = GraphSnapshot.of(gm)
+>>> snap.ops
+{'torch.relu': 1, 'operator.add': 1}
+>>> print(snap.code)
+def forward(self, x):
+    relu = torch.relu(x);  x = None
+    add = relu + 1;  relu = None
+    return add
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import fx
+
+from ..report import Decision
+from . import boundary
+
+
+def target_name(node: fx.Node) -> str:
+    """A readable name for what a node calls: `torch.rsqrt`, `operator.mul`, `Tensor.pow`, ..."""
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    if node.op == "call_module":
+        return f"module:{node.target}"
+    target = node.target
+    name = getattr(target, "__name__", None)
+    if hasattr(target, "_schema") or type(target).__name__ == "OpOverload":  # torch.ops.ns.op.overload
+        return str(target)
+    module = getattr(target, "__module__", None) or ""
+    if module.startswith("torch._C") or module == "torch.functional":
+        module = "torch"
+    if module == "_operator":
+        module = "operator"
+    return f"{module}.{name}" if module and name else str(name or target)
+
+
+def _op_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module") and not _is_marker_node(n)]
+
+
+def _is_marker_node(node: fx.Node) -> bool:
+    if node.op != "call_function":
+        return False
+    if boundary.is_marker(node.target):
+        return True
+    source = node.args[0] if node.target is operator.getitem and node.args else None
+    return isinstance(source, fx.Node) and source.op == "call_function" and boundary.is_marker(source.target)
+
+
+class GraphSnapshot:
+    """One state of a graph: its code, op counts per target, and its op nodes as `name: target`.
+
+    kernel_fx's own boundary markers (and their getitems) are left out of the code and the
+    counts: they are not the model's ops, and the pass always removes them. The code is
+    generated when first read.
+    """
+
+    def __init__(self, ops: dict[str, int], nodes: dict[str, str], code: str | None = None, graph: fx.Graph | None = None) -> None:
+        self.ops = ops
+        self.nodes = nodes
+        self._code = code
+        self._graph = graph
+
+    @classmethod
+    def of(cls, gm: fx.GraphModule, keep: bool = False) -> GraphSnapshot:
+        """The graph as it is now. `keep=True` copies the graph (its code is rendered later, the
+        graph may change meanwhile); otherwise the code is read now."""
+        ops = _op_nodes(gm)
+        counts = dict(Counter(target_name(n) for n in ops))
+        names = {n.name: target_name(n) for n in ops}
+        if keep:
+            from .rewrite import strip_markers
+
+            graph = fx.Graph()
+            graph.output(graph.graph_copy(gm.graph, {}))  # graph_copy leaves the output node out
+            strip_markers(graph)
+            return cls(counts, names, graph=graph)
+        return cls(counts, names, code=gm.code.strip())
+
+    @property
+    def code(self) -> str:
+        if self._code is None:
+            assert self._graph is not None
+            self._code = self._graph.python_code("self").src.strip()
+            self._graph = None
+        return self._code
+
+
+@dataclass
+class GraphRecord:
+    """The hubkernels pass over one graph dynamo handed over."""
+
+    index: int
+    compile_id: str | None
+    before: GraphSnapshot
+    after: GraphSnapshot
+    decisions: list[Decision] = field(default_factory=list)
+    pass_seconds: float = 0.0
+    inner: str = ""
+
+    @property
+    def nodes_removed(self) -> list[str]:
+        return [f"{name}: {t}" for name, t in self.before.nodes.items() if self.after.nodes.get(name) != t]
+
+    @property
+    def nodes_added(self) -> list[str]:
+        return [f"{name}: {t}" for name, t in self.after.nodes.items() if self.before.nodes.get(name) != t]
+
+    @property
+    def op_delta(self) -> dict[str, int]:
+        """Per target: count after minus count before, for the targets that changed."""
+        keys = sorted({*self.before.ops, *self.after.ops})
+        delta = {k: self.after.ops.get(k, 0) - self.before.ops.get(k, 0) for k in keys}
+        return {k: v for k, v in delta.items() if v}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "compile_id": self.compile_id,
+            "inner": self.inner,
+            "pass_seconds": self.pass_seconds,
+            "code_before": self.before.code,
+            "code_after": self.after.code,
+            "ops_before": dict(self.before.ops),
+            "ops_after": dict(self.after.ops),
+            "op_delta": self.op_delta,
+            "nodes_removed": self.nodes_removed,
+            "nodes_added": self.nodes_added,
+            "decisions": [d.as_dict() for d in self.decisions],
+        }

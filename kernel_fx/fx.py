@@ -1,0 +1,196 @@
+"""The FX path, for users who want a `GraphModule`: trace with extensible modules kept as
+`call_module` leaves, then substitute kernels on those nodes.
+
+>>> import torch
+>>> from torch import nn
+>>> import kernel_fx
+>>> @kernel_fx.use_kernel_forward_from_hub("Double")
+... class Double(nn.Module):
+...     def forward(self, x):
+...         return 2 * x
+>>> class Net(nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.twice = Double()
+...     def forward(self, x):
+...         return self.twice(x) + 1
+>>> gm = symbolic_trace(Net())
+>>> print(gm.code.strip())  # before: the extensible layer is one call_module node
+def forward(self, x):
+    twice = self.twice(x);  x = None
+    add = twice + 1;  twice = None
+    return add
+>>> gm = kernelize_graph(gm, device="cpu")  # no mapping here, so nothing changes
+>>> graph_report(gm).summary()
+'1 site: 0 kernel, 1 original (no mapping: 1)'
+
+With a kernel mapped for "Double", the call_module node is replaced by the kernel's forward,
+traced into the graph with `self.<param>` read through `get_attr` nodes (or, where the kernel
+cannot be traced, by one call of the kernel bound to the module).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+
+from .devices import Device
+from .errors import KernelFxError, KernelizeError
+from .forwards import Condition
+from .kernelize import _disabled, _label, _model_device, _Planner, _source
+from .layers import layer_name_of
+from .modes import Mode, check_kernelize_mode
+from .report import Decision, Outcome, Reason, Rejected, Report
+
+REPORT_KEY = "kernel_fx_report"
+
+
+class KernelTracer(fx.Tracer):
+    """An `fx.Tracer` that keeps every extensible module as a `call_module` leaf."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return layer_name_of(m) is not None or super().is_leaf_module(m, module_qualified_name)
+
+
+def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.GraphModule:
+    """`torch.fx.symbolic_trace`, with extensible modules kept as leaves."""
+    tracer = KernelTracer()
+    graph = tracer.trace(model, concrete_args)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def kernelize_graph(gm: fx.GraphModule, *, mode: Mode | None = None, device: str | torch.device | None = None,
+                    use_fallback: bool = True) -> fx.GraphModule:
+    """Substitute, in place, the kernel of every extensible `call_module` node that has one.
+
+    Decided once, like `kernelize(..., mode=...)`: `mode` defaults to TRAINING when `gm` is
+    training, else INFERENCE. The record is `graph_report(gm)`.
+    """
+    from .compile.records import GraphRecord, GraphSnapshot
+
+    start = time.perf_counter()
+    mode = check_kernelize_mode(mode if mode is not None else (Mode.TRAINING if gm.training else Mode.INFERENCE))
+    target_device = Device.parse(device if device is not None else _model_device(gm))
+    planner = _Planner(target_device, None)
+    condition = Condition.static(mode)
+    before = GraphSnapshot.of(gm, keep=True)
+    decisions = []
+    calls: dict[str, int] = {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(str(node.target))
+        layer_name = layer_name_of(module)
+        if layer_name is None:
+            continue
+        index = calls.get(str(node.target), 0)
+        calls[str(node.target)] = index + 1
+        decision = _substitute(gm, node, module, layer_name, planner, condition, target_device, index)
+        if not use_fallback and decision.outcome is Outcome.ORIGINAL and decision.rejected is not None \
+                and decision.rejected.reason not in (Reason.NO_MAPPING, Reason.DISABLED):
+            raise KernelizeError(f"Cannot kernelize {node.target} (layer {layer_name!r}) in mode {mode!s}: {decision.rejected}.")
+        decisions.append(decision)
+    gm.graph.lint()
+    gm.recompile()
+    record = GraphRecord(0, None, before, GraphSnapshot.of(gm), decisions, inner="fx")
+    record.pass_seconds = time.perf_counter() - start
+    gm.meta[REPORT_KEY] = Report(decisions, [record])
+    return gm
+
+
+def graph_report(gm: fx.GraphModule) -> Report:
+    """The report of the last `kernelize_graph(gm)`."""
+    report = gm.meta.get(REPORT_KEY)
+    if report is None:
+        raise KernelFxError("This GraphModule has not been through kernel_fx.fx.kernelize_graph yet.")
+    return report
+
+
+def _substitute(gm: fx.GraphModule, node: fx.Node, module: nn.Module, layer_name: str, planner: _Planner,
+                condition: Condition, device: Device, call_index: int) -> Decision:
+    def decision(outcome: Outcome, rejected: Rejected | None, slot: Any = None) -> Decision:
+        source = _source(slot.kernel) if slot is not None and outcome is not Outcome.ORIGINAL else None
+        repo = slot.repository if slot is not None else None
+        return Decision(
+            path=str(node.target), layer_name=layer_name, module_class=type(module).__name__, device=str(device),
+            mode=str(condition.mode), outcome=outcome,
+            repository=str(source) if source else (_label(repo) if repo is not None else None),
+            variant=source.variant if source else None, rejected=rejected,
+            unpinned=bool(getattr(repo, "unpinned", False)), call_index=call_index, path_kind="fx",
+        )
+
+    if _disabled():
+        return decision(Outcome.ORIGINAL, Rejected(Reason.DISABLED, "KERNEL_FX_DISABLE is set"))
+    slot = planner.slot(module, layer_name, condition)
+    if slot.kernel is None:
+        return decision(Outcome.ORIGINAL, slot.rejected, slot)
+    traced = _traced(gm, node, module, slot.kernel.forward)
+    if isinstance(traced, Exception):
+        with gm.graph.inserting_before(node):
+            replacement = gm.graph.call_function(BoundKernel(slot.kernel.forward, module, layer_name), node.args, node.kwargs)
+        outcome, rejected = Outcome.OPAQUE_KERNEL, Rejected(
+            Reason.NOT_TRACEABLE, f"FX could not trace the kernel ({type(traced).__name__}: {traced}); it runs as one call")
+    else:
+        replacement, outcome, rejected = traced, Outcome.KERNEL, None
+    node.replace_all_uses_with(replacement)
+    gm.graph.erase_node(node)
+    return decision(outcome, rejected, slot)
+
+
+def _traced(gm: fx.GraphModule, node: fx.Node, module: nn.Module, forward: Callable[..., Any]) -> fx.Node | Exception:
+    """The kernel's forward traced into `gm` before `node`; on failure, what went wrong (the
+    graph is left as it was)."""
+    from .compile.standin import ModuleTemplate, StandIn
+
+    graph = gm.graph
+    tracer = fx.proxy.GraphAppendingTracer(graph)
+    first_new = node.prev
+    try:
+        with graph.inserting_before(node):
+            values = {name: fx.Proxy(graph.get_attr(f"{node.target}.{name}"), tracer) for name, _ in _named_tensors(module)}
+            this = StandIn(ModuleTemplate.of(module), values)
+            args = fx.node.map_aggregate(node.args, lambda a: fx.Proxy(a, tracer) if isinstance(a, fx.Node) else a)
+            kwargs = fx.node.map_aggregate(node.kwargs, lambda a: fx.Proxy(a, tracer) if isinstance(a, fx.Node) else a)
+            out = forward(this, *args, **kwargs)  # type: ignore[arg-type]
+            return _as_node(graph, out)
+    except Exception as exc:  # noqa: BLE001 - control flow on proxies and the like: fall back to one call
+        _erase_between(graph, first_new, node)
+        return exc
+
+
+def _named_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+
+
+def _as_node(graph: fx.Graph, out: Any) -> fx.Node:
+    if isinstance(out, fx.Proxy):
+        return out.node
+    if isinstance(out, (tuple, list)):
+        return graph.call_function(type(out), ([_as_node(graph, o) if isinstance(o, (fx.Proxy, tuple, list)) else o for o in out],))
+    raise KernelFxError(f"the kernel returned {type(out).__name__}, which is not a traced value")
+
+
+def _erase_between(graph: fx.Graph, first: fx.Node, stop: fx.Node) -> None:
+    created = []
+    cur = first.next
+    while cur is not stop:
+        created.append(cur)
+        cur = cur.next
+    for n in reversed(created):
+        graph.erase_node(n)
+
+
+class BoundKernel:
+    """A graph target calling a kernel's forward with the real module as `self` (eager only)."""
+
+    def __init__(self, forward: Callable[..., Any], module: nn.Module, name: str) -> None:
+        self.forward = forward
+        self.module = module
+        self.__name__ = self.__qualname__ = f"kernel_{name}"
+        self.__module__ = __name__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(self.module, *args, **kwargs)
