@@ -5,6 +5,8 @@ from __future__ import annotations
 from .devices import CUDAProperties, Device, ROCMProperties
 from .errors import KernelFxError, KernelizeError, KernelLoadError, KernelValidationError, MappingError
 from .hub.api import get_kernel, get_kernel_variants, get_local_kernel, has_kernel, load_kernel
+from .defaults import default_mapping
+from .explain import Explanation, explain
 from .kernelize import kernelize, report, unkernelize
 from .layers import (
     replace_kernel_forward_from_hub,
@@ -31,6 +33,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "Explanation",
+    "default_mapping",
+    "explain",
     "CUDAProperties",
     "Decision",
     "Device",

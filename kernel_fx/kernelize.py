@@ -258,7 +258,7 @@ def _decisions(module: nn.Module, layer_name: str, slots: dict, device: Device) 
                 layer_name=layer_name,
                 module_class=type(module).__name__,
                 device=str(device),
-                mode=", ".join(str(c.mode) for c in conditions),
+                mode="any" if len(conditions) == len(CONDITIONS) else ", ".join(str(c.mode) for c in conditions),
                 outcome=Outcome.ORIGINAL if kernel is None else Outcome.KERNEL,
                 repository=str(source) if source else (_label(repo) if repo is not None else None),
                 variant=source.variant if source else None,

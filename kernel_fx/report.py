@@ -97,11 +97,16 @@ class Report:
         return sorted({(d.path, d.call_index) for d in self.decisions}, key=lambda s: (s[0], s[1] or 0))
 
     def summary(self) -> str:
+        """One line: sites, how many run a kernel (opaque among them), and fallbacks by reason."""
         sites = self.sites()
         using = {(d.path, d.call_index) for d in self.decisions if d.uses_kernel}
-        reasons = Counter(d.rejected.reason.value for d in self.decisions if d.rejected is not None)
+        opaque = {(d.path, d.call_index) for d in self.decisions if d.outcome is Outcome.OPAQUE_KERNEL}
+        reasons = Counter(d.rejected.reason.value for d in self.decisions
+                          if d.rejected is not None and d.outcome is Outcome.ORIGINAL)
         n = len(sites)
         text = f"{n} site{'s' if n != 1 else ''}: {len(using)} kernel, {n - len(using)} original"
+        if opaque:
+            text = text.replace(" kernel,", f" kernel ({len(opaque)} opaque),", 1)
         if reasons:
             text += " (" + ", ".join(f"{r}: {c}" for r, c in sorted(reasons.items())) + ")"
         return text
@@ -117,12 +122,15 @@ class Report:
         return json.dumps(self.to_dict(), indent=kwargs.pop("indent", 2), default=str, **kwargs)
 
     def table(self, tablefmt: str = "simple") -> str:
+        """The decisions, one row per site and condition group."""
         from tabulate import tabulate
 
         rows = [
             [
                 d.path + ("" if d.call_index is None else f" #{d.call_index}"),
                 d.layer_name,
+                d.module_class,
+                d.device,
                 d.mode,
                 d.outcome.value,
                 (d.repository or "-") + (" (unpinned)" if d.unpinned else ""),
@@ -131,14 +139,55 @@ class Report:
             ]
             for d in self.decisions
         ]
-        headers = ["site", "layer", "mode", "runs", "repository", "variant", "reason"]
-        return tabulate(rows, headers=headers, tablefmt=tablefmt)
+        headers = ["site", "layer", "class", "device", "mode", "runs", "repository", "variant", "reason"]
+        return tabulate(rows, headers=headers, tablefmt=tablefmt, maxcolwidths=[None] * 8 + [70])
+
+    def render(self, fmt: str = "text", *, max_diff_lines: int = 12) -> str:
+        """The whole report: decisions, then each compiled graph's op counts and site diffs.
+
+        `fmt` is "text" (tabulate's simple tables) or "markdown" (GitHub tables).
+        """
+        if fmt not in ("text", "markdown"):
+            raise ValueError(f"Report format {fmt!r} is not supported; use 'text' or 'markdown'.")
+        tablefmt = "github" if fmt == "markdown" else "simple"
+        parts = [self.table(tablefmt), self.summary()]
+        parts += [_render_graph(g, tablefmt, fmt, max_diff_lines) for g in self.graphs if hasattr(g, "op_delta")]
+        return "\n\n".join(parts)
 
     def to_markdown(self) -> str:
-        return self.table("github") + "\n\n" + self.summary()
+        return self.render("markdown")
 
     def __str__(self) -> str:
-        return self.table() + "\n" + self.summary()
+        return self.render("text")
+
+
+def _render_graph(graph: Any, tablefmt: str, fmt: str, max_lines: int) -> str:
+    from tabulate import tabulate
+
+    title = f"graph {graph.index}" + (f" (compile {graph.compile_id})" if graph.compile_id else "")
+    head = (f"{title}: inner compiler {graph.inner or '-'}, pass {graph.pass_seconds * 1e3:.1f} ms, "
+            f"{len(graph.nodes_removed)} nodes removed, {len(graph.nodes_added)} added")
+    rows = [[t, graph.before.ops.get(t, 0), graph.after.ops.get(t, 0), f"{d:+d}"] for t, d in graph.op_delta.items()]
+    parts = [("### " if fmt == "markdown" else "== ") + head]
+    if rows:
+        parts.append(tabulate(rows, headers=["op", "before", "after", "change"], tablefmt=tablefmt))
+    for diff in getattr(graph, "site_diffs", []):
+        parts.append(_render_site_diff(diff, fmt, max_lines))
+    return "\n\n".join(parts)
+
+
+def _clip(lines: tuple[str, ...], max_lines: int) -> list[str]:
+    if len(lines) <= max_lines:
+        return list(lines)
+    return [*lines[: max_lines - 1], f"... ({len(lines) - max_lines + 1} more)"]
+
+
+def _render_site_diff(diff: Any, fmt: str, max_lines: int) -> str:
+    title = f"{diff.path or '<root>'} #{diff.call_index} ({diff.layer_name}, {diff.how})"
+    body = [f"- {line}" for line in _clip(diff.before, max_lines)] + [f"+ {line}" for line in _clip(diff.after, max_lines)]
+    if fmt == "markdown":
+        return f"**{title}**\n\n```diff\n" + "\n".join(body) + "\n```"
+    return title + "\n" + "\n".join("    " + line for line in body)
 
 
 def print_report(report: Report, file: IO[str] | None = None) -> None:

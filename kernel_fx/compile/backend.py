@@ -223,7 +223,7 @@ def run_pass(gm: fx.GraphModule, example_inputs: list[Any], opts: Options, index
     before = GraphSnapshot.of(gm, keep=True)
     sites = find_sites(gm, example_inputs, _frame_info())
     decisions, substitutions = _Plan(opts).run(sites)
-    apply(gm, substitutions)
+    diffs = apply(gm, substitutions)
     record = GraphRecord(
         index=_sessions.next_index() if index is None else index,
         compile_id=_compile_id(),
@@ -231,6 +231,7 @@ def run_pass(gm: fx.GraphModule, example_inputs: list[Any], opts: Options, index
         after=GraphSnapshot.of(gm, keep=True),
         decisions=decisions,
         inner=opts.inner if isinstance(opts.inner, str) else getattr(opts.inner, "__name__", repr(opts.inner)),
+        site_diffs=diffs,
     )
     record.pass_seconds = time.perf_counter() - start
     logger.info("kernel_fx hubkernels graph %s: %s", record.index, Report(decisions).summary())

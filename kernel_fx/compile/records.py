@@ -57,6 +57,42 @@ def _is_marker_node(node: fx.Node) -> bool:
     return isinstance(source, fx.Node) and source.op == "call_function" and boundary.is_marker(source.target)
 
 
+def _arg(value: Any) -> str:
+    if isinstance(value, fx.Node):
+        return value.name
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(_arg(v) for v in value)
+        return f"({inner},)" if isinstance(value, tuple) and len(value) == 1 else f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    return repr(value)
+
+
+def op_lines(nodes: Any) -> tuple[str, ...]:
+    """The op nodes among `nodes` as readable lines: `rsqrt = torch.rsqrt(add)`."""
+    lines = []
+    for node in nodes:
+        if node.op not in ("call_function", "call_method", "call_module") or _is_marker_node(node):
+            continue
+        args = [_arg(a) for a in node.args] + [f"{k}={_arg(v)}" for k, v in node.kwargs.items()]
+        lines.append(f"{node.name} = {target_name(node)}({', '.join(args)})")
+    return tuple(lines)
+
+
+@dataclass(frozen=True)
+class SiteDiff:
+    """One substituted call: its ops before, and what replaced them (`how`: traced, call, opaque)."""
+
+    path: str
+    call_index: int
+    layer_name: str
+    how: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "call_index": self.call_index, "layer_name": self.layer_name, "how": self.how,
+                "before": list(self.before), "after": list(self.after)}
+
+
 class GraphSnapshot:
     """One state of a graph: its code, op counts per target, and its op nodes as `name: target`.
 
@@ -107,6 +143,7 @@ class GraphRecord:
     decisions: list[Decision] = field(default_factory=list)
     pass_seconds: float = 0.0
     inner: str = ""
+    site_diffs: list[SiteDiff] = field(default_factory=list)
 
     @property
     def nodes_removed(self) -> list[str]:
@@ -137,4 +174,5 @@ class GraphRecord:
             "nodes_removed": self.nodes_removed,
             "nodes_added": self.nodes_added,
             "decisions": [d.as_dict() for d in self.decisions],
+            "site_diffs": [d.as_dict() for d in self.site_diffs],
         }

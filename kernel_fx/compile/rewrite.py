@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import fx, nn
@@ -26,6 +26,9 @@ from ..report import Reason, Rejected
 from . import boundary
 from .match import Site, _example, _named_tensors
 from .standin import CallSpec, KernelCall, ModuleTemplate, Slot
+
+if TYPE_CHECKING:
+    from .records import SiteDiff
 
 TRACED, CALL, OPAQUE = "traced", "call", "opaque"
 
@@ -143,17 +146,22 @@ def _template_key(template: ModuleTemplate) -> tuple:
 # -- applying ---------------------------------------------------------------------------------------
 
 
-def apply(gm: fx.GraphModule, substitutions: list[Substitution]) -> None:
-    """Substitute in graph order, remove every marker, then `lint()` and `recompile()`."""
+def apply(gm: fx.GraphModule, substitutions: list[Substitution]) -> list[SiteDiff]:
+    """Substitute in graph order, remove every marker, then `lint()` and `recompile()`.
+
+    Returns each substituted site's ops before and after, for the report."""
     from . import opaque
+    from .records import SiteDiff, op_lines
 
     graph = gm.graph
+    diffs: list[SiteDiff] = []
     remap: dict[fx.Node, fx.Node] = {}  # outputs of earlier sites -> the kernel values replacing them
     for sub in sorted(substitutions, key=lambda s: s.site.start):
         site = sub.site
         inputs = [remap.get(n, n) for n in sub.inputs]
         last = site.nodes[-1]
         anchor = last.next  # insert after the whole region: every input is defined by then
+        before = op_lines(site.nodes)
         stack = site.nodes[0].meta.get("nn_module_stack")
         with graph.inserting_before(anchor):
             if sub.how == TRACED:
@@ -183,6 +191,11 @@ def apply(gm: fx.GraphModule, substitutions: list[Substitution]) -> None:
                 for node in (call, *outs):
                     if stack is not None:
                         node.meta["nn_module_stack"] = dict(stack)
+        added, node = [], last.next
+        while node is not anchor:
+            added.append(node)
+            node = node.next
+        diffs.append(SiteDiff(site.path, site.call_index, site.layer_name, sub.how, before, op_lines(added)))
         for old, new in zip(site.outputs, outs):
             if old is not None:
                 old.replace_all_uses_with(new)
@@ -191,6 +204,7 @@ def apply(gm: fx.GraphModule, substitutions: list[Substitution]) -> None:
     strip_markers(graph)
     graph.lint()
     gm.recompile()
+    return diffs
 
 
 def _output_values(site: Site) -> list[Any]:

@@ -157,6 +157,14 @@ def run_demo(*, device: str | None = None, layers: int | None = None, compile: b
     return 0
 
 
+def demo_example() -> tuple[nn.Module, torch.Tensor]:
+    """A small demo model and example input ids: `kernel-fx report kernel_fx.demo.run:demo_example`."""
+    from kernel_fx.demo.model import DemoConfig, build_demo_model
+
+    config = DemoConfig(num_hidden_layers=2)
+    return build_demo_model(config), torch.randint(0, config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+
+
 def _import_object(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
