@@ -43,3 +43,17 @@ class Net(nn.Module):
     def forward(self, x):
         h = self.proj(x)
         return self.add(self.scale(h), h)
+
+
+class LlamaMLP(nn.Module):
+    """transformers' LlamaMLP without transformers (not marked): the reference of the LlamaMLP kernels."""
+
+    def __init__(self, hidden_size: int = 16, intermediate_size: int = 40, bias: bool = False) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))

@@ -1,4 +1,4 @@
-"""The bundled CPU kernels compute the demo layers' functions, forward and backward.
+"""The bundled CPU kernels compute the demo layers' (and a Llama MLP's) functions, forward and backward.
 
 The variant is imported the way the loader does it (by path, under its metadata id), and each
 kernel forward is bound to a demo module instance with `types.MethodType`.
@@ -20,9 +20,13 @@ from torch import nn
 
 from kernel_fx.demo import model as demo
 from kernel_fx.kernels import bundled_repo_path
+from models import LlamaMLP
 
 VARIANT_DIR = bundled_repo_path() / "build" / "torch-cpu"
-LAYER_NAMES = ["RMSNorm", "AddRMSNorm", "SiluAndMul", "ApplyRotary", "Attention"]
+LAYER_NAMES = ["RMSNorm", "AddRMSNorm", "SiluAndMul", "ApplyRotary", "Attention", "LlamaMLP"]
+# The layer each kernel replaces: the demo's, and transformers' LlamaMLP as re-written in tests/models.py.
+REFERENCES: dict[str, type[nn.Module]] = {name: getattr(demo, name) for name in LAYER_NAMES if name != "LlamaMLP"}
+REFERENCES["LlamaMLP"] = LlamaMLP
 
 
 def load_variant(variant_dir: Path) -> types.ModuleType:
@@ -72,6 +76,8 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[torch.Tensor,
     "ApplyRotary": (demo.ApplyRotary, lambda: _rotary_inputs(batch_cos=True)),
     "ApplyRotary-shared-cos": (demo.ApplyRotary, lambda: _rotary_inputs(batch_cos=False)),
     "Attention": (demo.Attention, lambda: (torch.randn(2, 4, 9, 16), *torch.randn(2, 2, 2, 9, 16))),
+    "LlamaMLP": (LlamaMLP, lambda: (torch.randn(3, 5, 16),)),
+    "LlamaMLP-bias": (lambda: LlamaMLP(bias=True), lambda: (torch.randn(7, 16),)),
 }
 
 
@@ -119,10 +125,10 @@ def test_layer_class_has_only_forward(kernels: types.ModuleType, name: str) -> N
 
 
 @pytest.mark.parametrize("name", LAYER_NAMES)
-def test_forward_signature_matches_demo_layer(kernels: types.ModuleType, name: str) -> None:
+def test_forward_signature_matches_reference_layer(kernels: types.ModuleType, name: str) -> None:
     kernel_sig = inspect.signature(getattr(kernels, name).forward)
-    demo_sig = inspect.signature(getattr(demo, name).forward)
-    assert kernel_sig == demo_sig
+    reference_sig = inspect.signature(REFERENCES[name].forward)
+    assert kernel_sig == reference_sig
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -146,7 +152,7 @@ def test_matches_demo_forward_and_backward(kernels: types.ModuleType, case: str)
         torch.testing.assert_close(grad.double(), exact, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["RMSNorm", "AddRMSNorm", "SiluAndMul", "ApplyRotary"])
+@pytest.mark.parametrize("case", ["RMSNorm", "AddRMSNorm", "SiluAndMul", "ApplyRotary", "LlamaMLP"])
 def test_bfloat16_keeps_dtype_and_matches(kernels: types.ModuleType, case: str) -> None:
     torch.manual_seed(0)
     make_module, make_inputs = CASES[case]
@@ -156,6 +162,14 @@ def test_bfloat16_keeps_dtype_and_matches(kernels: types.ModuleType, case: str) 
     for out, ref in zip(outs, ref_outs, strict=True):
         assert out.dtype == torch.bfloat16
         torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("act_fn", [nn.GELU(), nn.Identity()], ids=["gelu", "identity"])
+def test_llama_mlp_refuses_other_activations(kernels: types.ModuleType, act_fn: nn.Module) -> None:
+    module = LlamaMLP()
+    module.act_fn = act_fn
+    with pytest.raises(ValueError, match="silu"):
+        kernels.LlamaMLP.forward(module, torch.randn(2, 16))
 
 
 def test_kernelized_demo_model_matches_original(kernels: types.ModuleType) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from kernel_fx.demo import model as demo
 from kernel_fx.kernels import bundled_repo_path
+from models import LlamaMLP
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -82,6 +83,8 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[torch.Tensor,
     "ApplyRotary": (demo.ApplyRotary, _rotary_inputs),
     "ApplyRotary-shared-cos": (demo.ApplyRotary, lambda: _rotary_inputs(shared_cos=True)),
     "Attention": (demo.Attention, _attention_inputs),
+    "LlamaMLP": (lambda: LlamaMLP(2048, 5632), lambda: (torch.randn(2, 512, 2048),)),
+    "LlamaMLP-odd": (lambda: LlamaMLP(1000, 2750, bias=True), lambda: (torch.randn(333, 1000),)),
 }
 NO_GRAD_INPUTS = {"ApplyRotary": 2}  # cos and sin
 
@@ -139,7 +142,7 @@ def test_fp32_rms_norm_is_tight(kernels: types.ModuleType) -> None:
         assert _rel_err(grad, exact) < 1e-5
 
 
-@pytest.mark.parametrize("name", ["RMSNorm", "AddRMSNorm", "SiluAndMul", "ApplyRotary", "Attention"])
+@pytest.mark.parametrize("name", ["RMSNorm", "AddRMSNorm", "SiluAndMul", "ApplyRotary", "Attention", "LlamaMLP"])
 def test_inductor_compiles_layer_with_backward(kernels: types.ModuleType, name: str) -> None:
     torch._dynamo.reset()
     torch.manual_seed(0)

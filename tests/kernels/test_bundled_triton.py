@@ -41,6 +41,7 @@ else:
 
     from kernel_fx.demo import model as demo
     from kernel_fx.kernels import bundled_repo_path
+    from models import LlamaMLP
 
     VARIANT_DIR = bundled_repo_path() / "build" / "torch-cuda"
 
@@ -91,6 +92,8 @@ else:
         "ApplyRotary-transposed": (demo.ApplyRotary, lambda: _rotary_inputs("transposed")),
         "ApplyRotary-shared-cos": (demo.ApplyRotary, lambda: _rotary_inputs("shared-cos")),
         "Attention": (demo.Attention, lambda: (torch.randn(1, 4, 6, 8), *torch.randn(2, 1, 2, 6, 8))),
+        "LlamaMLP": (LlamaMLP, lambda: (torch.randn(5, 3, 16),)),  # intermediate 40: masked columns
+        "LlamaMLP-bias": (lambda: LlamaMLP(bias=True), lambda: (torch.randn(7, 16),)),
     }
     NO_GRAD_INPUTS = {"ApplyRotary": 2}  # cos and sin are constants for the kernel
 
@@ -160,6 +163,27 @@ else:
         torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(r.grad.double(), r64.grad, rtol=1e-5, atol=1e-6)
 
+    def test_silu_mul_takes_strided_operands_and_promotes(package: types.ModuleType) -> None:
+        ops = getattr(torch.ops, package.__name__)
+        gate = torch.randn(24, 6, dtype=torch.float64).t().to(torch.bfloat16).requires_grad_()  # (6, 24), column-major
+        up = torch.randn(6, 48)[:, ::2].requires_grad_()  # (6, 24) float32, row stride 48, column stride 2
+        out = ops.silu_mul(gate, up)
+        assert out.dtype == torch.float32 and out.is_contiguous()
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        g64, u64 = gate.detach().double().requires_grad_(), up.detach().double().requires_grad_()
+        expected = torch.nn.functional.silu(g64) * u64
+        expected.backward(grad.double())
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+        assert gate.grad.dtype == torch.bfloat16 and up.grad.dtype == torch.float32
+        torch.testing.assert_close(gate.grad.double(), g64.grad, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(up.grad.double(), u64.grad, rtol=1e-5, atol=1e-6)
+
+    def test_silu_mul_refuses_broadcasting(package: types.ModuleType) -> None:
+        ops = getattr(torch.ops, package.__name__)
+        with pytest.raises(ValueError, match="one shape"):
+            ops.silu_mul(torch.randn(3, 8), torch.randn(1, 8))
+
     def test_rotary_refuses_gradient_for_cos(package: types.ModuleType) -> None:
         q, k, cos, sin = _rotary_inputs("contiguous")
         cos.requires_grad_()
@@ -176,6 +200,7 @@ else:
             1e-6,
         ),
         "silu_and_mul": lambda: (torch.randn(3, 2, 20, requires_grad=True),),
+        "silu_mul": lambda: (torch.randn(3, 2, 20, requires_grad=True), torch.randn(3, 2, 20, requires_grad=True)),
         "apply_rotary": lambda: tuple(
             t.requires_grad_() if i < 2 else t for i, t in enumerate(_rotary_inputs("transposed"))
         ),
@@ -199,6 +224,26 @@ else:
         out.sum().backward()
         torch.testing.assert_close(out, demo.RMSNorm.forward(module, x), rtol=1e-5, atol=1e-5)
         assert x.grad is not None
+
+    def test_llama_mlp_compiles_with_one_gating_op(package: types.ModuleType) -> None:
+        module = LlamaMLP()
+        module.forward = types.MethodType(package.layers.LlamaMLP.forward, module)
+        graphs: list[torch.fx.GraphModule] = []
+
+        def backend(gm: torch.fx.GraphModule, example_inputs: Any) -> Callable[..., Any]:
+            graphs.append(gm)
+            return gm.forward
+
+        x = torch.randn(2, 3, 16, requires_grad=True)
+        out = torch.compile(module, backend=backend, fullgraph=True)(x)
+        out.sum().backward()
+        torch.testing.assert_close(out, LlamaMLP.forward(module, x), rtol=1e-5, atol=1e-5)
+        assert x.grad is not None
+        silu_mul = getattr(torch.ops, package.__name__).silu_mul.default
+        (graph,) = graphs
+        calls = [n.target for n in graph.graph.nodes if n.op == "call_function"]
+        assert calls.count(silu_mul) == 1
+        assert not any("silu" in str(t) for t in calls if t is not silu_mul)  # the gating is the op alone
 
     def test_reimport_under_same_id_reuses_registered_ops(package: types.ModuleType) -> None:
         name = package.__name__

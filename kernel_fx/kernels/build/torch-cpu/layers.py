@@ -1,4 +1,4 @@
-"""Plain-torch CPU kernels for the demo's extensible layers.
+"""Plain-torch CPU kernels for the demo's extensible layers and transformers' LlamaMLP.
 
 Each class only has a `forward`, which runs with `self` bound to the user's module (so it reads
 `self.weight`, `self.variance_epsilon`). They compute the same function as the reference layers
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["AddRMSNorm", "ApplyRotary", "Attention", "RMSNorm", "SiluAndMul"]
+__all__ = ["AddRMSNorm", "ApplyRotary", "Attention", "LlamaMLP", "RMSNorm", "SiluAndMul"]
 
 
 class RMSNorm(nn.Module):
@@ -47,6 +47,41 @@ class SiluAndMul(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = x.chunk(2, dim=-1)  # (..., d) each
         return F.silu(gate) * up
+
+
+class LlamaMLP(nn.Module):
+    """`down_proj(silu(gate_proj(x)) * up_proj(x))` through the module's own projections.
+
+    The same function as transformers' LlamaMLP with `hidden_act="silu"`, which it checks: the
+    forward it replaces calls `act_fn`, this one always SiLU.
+    """
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _require_silu(self)
+        gate, up = self.gate_proj(x), self.up_proj(x)  # (..., I) each
+        return self.down_proj(F.silu(gate) * up)  # (..., H)
+
+
+def _require_silu(module: nn.Module) -> None:
+    """Refuse a gated MLP whose activation is not SiLU: the kernel computes SiLU, not `act_fn`."""
+    # transformers builds `act_fn` from `config.hidden_act` ("silu": its SiLUActivation, "swish":
+    # nn.SiLU). The config is asked first: in a compiled graph `self` can be a stand-in whose
+    # `act_fn` is a stand-in too, not an instance of the activation's class.
+    hidden_act = getattr(getattr(module, "config", None), "hidden_act", None)
+    if isinstance(hidden_act, str):
+        activation: object = hidden_act
+        silu = hidden_act in ("silu", "swish")
+    else:
+        activation = act = module.act_fn
+        silu = isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation" or act is F.silu
+    if not silu:
+        raise ValueError(
+            f"kernel-fx-bundled LlamaMLP computes silu(gate) * up, but this MLP's activation is {activation!r}; "
+            "map LlamaMLP only for models with hidden_act 'silu' or 'swish'."
+        )
 
 
 class ApplyRotary(nn.Module):

@@ -180,6 +180,55 @@ silu_and_mul = _register(
 )
 
 
+# --- silu(gate) * up on two tensors (LlamaMLP's gating) -------------------------------------------
+
+
+def _check_silu_mul(gate: torch.Tensor, up: torch.Tensor) -> None:
+    if gate.shape != up.shape:
+        raise ValueError(
+            f"silu_mul needs gate and up of one shape (no broadcasting), got {tuple(gate.shape)} and {tuple(up.shape)}."
+        )
+
+
+def _silu_mul_impl(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    _check_silu_mul(gate, up)
+    return _triton.silu_mul_fwd(gate, up)
+
+
+def _silu_mul_fake(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    _check_silu_mul(gate, up)
+    # The reference's `silu(gate) * up` promotes; the kernel writes a contiguous output.
+    return gate.new_empty(gate.shape, dtype=torch.promote_types(gate.dtype, up.dtype))
+
+
+silu_mul_backward = _register(
+    "silu_mul_backward",
+    "(Tensor grad_out, Tensor gate, Tensor up) -> (Tensor, Tensor)",
+    impl=lambda grad_out, gate, up: _triton.silu_mul_bwd(grad_out, gate, up),
+    fake=lambda grad_out, gate, up: (gate.new_empty(gate.shape), up.new_empty(up.shape)),
+)
+
+
+def _silu_mul_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    # Both projections' outputs; eager autograd keeps three tensors of this size (gate, silu, up).
+    ctx.save_for_backward(*inputs)
+
+
+def _silu_mul_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    gate, up = ctx.saved_tensors
+    return silu_mul_backward(grad_out, gate, up)
+
+
+silu_mul = _register(
+    "silu_mul",
+    "(Tensor gate, Tensor up) -> Tensor",
+    impl=_silu_mul_impl,
+    fake=_silu_mul_fake,
+    backward=_silu_mul_backward,
+    setup_context=_silu_mul_setup,
+)
+
+
 # --- rotary embedding -----------------------------------------------------------------------------
 
 

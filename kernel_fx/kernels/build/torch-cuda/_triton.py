@@ -199,34 +199,41 @@ def rms_norm_bwd(
     return dx.view(shape), dw_partial.sum(0).to(weight.dtype)
 
 
-# --- SiluAndMul -----------------------------------------------------------------------------------
+# --- SiluAndMul and LlamaMLP's gating: silu(gate) * up --------------------------------------------
+# One kernel pair serves both layers: gate and up are separate row-major operands with their own
+# row strides, so SiluAndMul passes the two halves of its input as views (no copy) and LlamaMLP
+# passes the outputs of its two projections (no concatenation).
 
 
 @triton.jit
-def _silu_mul_fwd_kernel(X, Y, stride_x, stride_y, D, BLOCK: tl.constexpr):
+def _silu_mul_fwd_kernel(G, U, Y, stride_g, stride_u, stride_y, D, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < D
-    gate = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(X + row * stride_x + D + cols, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(G + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
     y = gate * tl.sigmoid(gate) * up
     tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _silu_mul_bwd_kernel(DY, X, DX, stride_dy, stride_x, stride_dx, D, BLOCK: tl.constexpr):
+def _silu_mul_bwd_kernel(
+    DY, G, U, DG, DU,
+    stride_dy, stride_g, stride_u, stride_dg, stride_du,
+    D, BLOCK: tl.constexpr,
+):
     # d gate = dy * up * s * (1 + gate * (1 - s)),  d up = dy * silu(gate),  s = sigmoid(gate).
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < D
-    gate = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(X + row * stride_x + D + cols, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(G + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
     s = tl.sigmoid(gate)
     d_gate = dy * up * s * (1.0 + gate * (1.0 - s))
     d_up = dy * gate * s
-    tl.store(DX + row * stride_dx + cols, d_gate.to(DX.dtype.element_ty), mask=mask)
-    tl.store(DX + row * stride_dx + D + cols, d_up.to(DX.dtype.element_ty), mask=mask)
+    tl.store(DG + row * stride_dg + cols, d_gate.to(DG.dtype.element_ty), mask=mask)
+    tl.store(DU + row * stride_du + cols, d_up.to(DU.dtype.element_ty), mask=mask)
 
 
 def _silu_mul_grid(m: int, d: int) -> tuple[tuple[int, int], int, int]:
@@ -237,15 +244,37 @@ def _silu_mul_grid(m: int, d: int) -> tuple[tuple[int, int], int, int]:
     return (m, triton.cdiv(d, block)), block, num_warps
 
 
+def _launch_silu_mul_fwd(g2: torch.Tensor, u2: torch.Tensor, y: torch.Tensor) -> None:
+    """y = silu(g2) * u2 on (M, d) operands whose rows are contiguous."""
+    m, d = g2.shape
+    grid, block, num_warps = _silu_mul_grid(m, d)
+    if m and d:
+        _silu_mul_fwd_kernel[grid](
+            g2, u2, y, g2.stride(0), u2.stride(0), y.stride(0), d, BLOCK=block, num_warps=num_warps
+        )
+
+
+def _launch_silu_mul_bwd(
+    dy2: torch.Tensor, g2: torch.Tensor, u2: torch.Tensor, dg: torch.Tensor, du: torch.Tensor
+) -> None:
+    """(dg, du) = gradients of silu(g2) * u2 for the output gradient dy2; all (M, d)."""
+    m, d = g2.shape
+    grid, block, num_warps = _silu_mul_grid(m, d)
+    if m and d:
+        _silu_mul_bwd_kernel[grid](
+            dy2, g2, u2, dg, du,
+            dy2.stride(0), g2.stride(0), u2.stride(0), dg.stride(0), du.stride(0),
+            d, BLOCK=block, num_warps=num_warps,
+        )
+
+
 def silu_and_mul_fwd(x: torch.Tensor) -> torch.Tensor:
     """silu(x[..., :d]) * x[..., d:] in x's dtype."""
     _check_device(x)
     x2 = _as_rows(x)  # (M, 2d)
     m, d = x2.shape[0], x2.shape[1] // 2
     y = torch.empty((m, d), dtype=x.dtype, device=x.device)  # (M, d)
-    grid, block, num_warps = _silu_mul_grid(m, d)
-    if m and d:
-        _silu_mul_fwd_kernel[grid](x2, y, x2.stride(0), y.stride(0), d, BLOCK=block, num_warps=num_warps)
+    _launch_silu_mul_fwd(x2[:, :d], x2[:, d:], y)
     return y.view(*x.shape[:-1], d)
 
 
@@ -255,12 +284,31 @@ def silu_and_mul_bwd(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     x2, dy2 = _as_rows(x), _as_rows(grad_out)  # (M, 2d), (M, d)
     m, d = x2.shape[0], x2.shape[1] // 2
     dx = torch.empty((m, 2 * d), dtype=x.dtype, device=x.device)  # (M, 2d)
-    grid, block, num_warps = _silu_mul_grid(m, d)
-    if m and d:
-        _silu_mul_bwd_kernel[grid](
-            dy2, x2, dx, dy2.stride(0), x2.stride(0), dx.stride(0), d, BLOCK=block, num_warps=num_warps
-        )
+    _launch_silu_mul_bwd(dy2, x2[:, :d], x2[:, d:], dx[:, :d], dx[:, d:])
     return dx.view(x.shape)
+
+
+def silu_mul_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for two tensors of one shape, contiguous, in their promoted dtype."""
+    _check_device(gate, up)
+    g2, u2 = _as_rows(gate), _as_rows(up)  # (M, d) each
+    m, d = g2.shape
+    y = torch.empty((m, d), dtype=torch.promote_types(gate.dtype, up.dtype), device=gate.device)  # (M, d)
+    _launch_silu_mul_fwd(g2, u2, y)
+    return y.view(gate.shape)
+
+
+def silu_mul_bwd(
+    grad_out: torch.Tensor, gate: torch.Tensor, up: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of `silu_mul_fwd` with respect to gate and up, contiguous, in their dtypes."""
+    _check_device(grad_out, gate, up)
+    dy2, g2, u2 = _as_rows(grad_out), _as_rows(gate), _as_rows(up)  # (M, d) each
+    m, d = g2.shape
+    dg = torch.empty((m, d), dtype=gate.dtype, device=gate.device)  # (M, d)
+    du = torch.empty((m, d), dtype=up.dtype, device=up.device)  # (M, d)
+    _launch_silu_mul_bwd(dy2, g2, u2, dg, du)
+    return dg.view(gate.shape), du.view(up.shape)
 
 
 # --- rotary embedding -----------------------------------------------------------------------------

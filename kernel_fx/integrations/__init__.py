@@ -1,0 +1,10 @@
+"""Marking third-party model classes extensible, with mappings to the bundled kernels.
+
+Each integration imports its library only when called, so `import kernel_fx` stays cheap.
+"""
+
+from __future__ import annotations
+
+from .llama import LLAMA_LAYERS, llama_mapping, mark_llama
+
+__all__ = ["LLAMA_LAYERS", "llama_mapping", "mark_llama"]

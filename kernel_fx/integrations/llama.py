@@ -1,0 +1,82 @@
+"""transformers' Llama with the bundled kernels: mark its RMSNorm and MLP, map them to kernels.
+
+transformers marks `LlamaRMSNorm` itself only when the Hugging Face `kernels` package is
+installed, and never marks `LlamaMLP`; `mark_llama` marks both, for this process.
+
+>>> import torch
+>>> import kernel_fx
+>>> from transformers import LlamaConfig, LlamaForCausalLM
+>>> mark_llama()
+>>> config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+...                      num_key_value_heads=2, vocab_size=128)
+>>> model = LlamaForCausalLM(config)
+>>> with kernel_fx.use_kernel_mapping(llama_mapping()):
+...     model = kernel_fx.kernelize(model, device="cpu")
+>>> kernel_fx.report(model).summary()   # two norms and the MLP of the layer, and the final norm
+'4 sites: 4 kernel, 0 original'
+>>> model(torch.tensor([[1, 2, 3]])).logits.shape
+torch.Size([1, 3, 128])
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from types import ModuleType
+
+from ..layers import layer_name_of, replace_kernel_forward_from_hub
+from ..repos import LocalLayerRepository
+
+logger = logging.getLogger(__name__)
+
+# transformers class -> the layer name it is marked with (and the bundled kernel layer of that name).
+LLAMA_LAYERS = {"LlamaRMSNorm": "RMSNorm", "LlamaMLP": "LlamaMLP"}
+_DEVICES = ("cpu", "cuda")
+
+
+def mark_llama() -> None:
+    """Mark transformers' `LlamaRMSNorm` as "RMSNorm" and `LlamaMLP` as "LlamaMLP"; safe to repeat.
+
+    Marking is per class and lasts for the process; models built before the call are covered too.
+    Until `kernelize` runs, the marked classes compute exactly as before.
+
+    >>> from transformers.models.llama import modeling_llama
+    >>> mark_llama(); mark_llama()
+    >>> modeling_llama.LlamaMLP.kernel_layer_name
+    'LlamaMLP'
+    """
+    modeling = _modeling_llama()
+    for class_name, layer_name in LLAMA_LAYERS.items():
+        cls = getattr(modeling, class_name)
+        previous = layer_name_of(cls)  # type: ignore[arg-type]
+        if previous not in (None, layer_name):
+            logger.info("Re-marking %s from layer %r to %r.", cls.__qualname__, previous, layer_name)
+        replace_kernel_forward_from_hub(cls, layer_name)
+
+
+def llama_mapping() -> dict[str, dict[str, LocalLayerRepository]]:
+    """`{layer: {"cpu": repo, "cuda": repo}}` with the bundled kernels for the layers `mark_llama` marks.
+
+    Use it with `kernel_fx.use_kernel_mapping(llama_mapping())` around `kernel_fx.kernelize`, or
+    register it. It does not import transformers.
+
+    >>> mapping = llama_mapping()
+    >>> sorted(mapping), mapping["LlamaMLP"]["cuda"].layer_name
+    (['LlamaMLP', 'RMSNorm'], 'LlamaMLP')
+    """
+    from ..kernels import bundled_repo_path
+
+    root = bundled_repo_path()
+    return {
+        layer_name: {device: LocalLayerRepository(root, layer_name=layer_name) for device in _DEVICES}
+        for layer_name in LLAMA_LAYERS.values()
+    }
+
+
+def _modeling_llama() -> ModuleType:
+    try:
+        return importlib.import_module("transformers.models.llama.modeling_llama")
+    except ImportError as exc:
+        raise ImportError(
+            f"mark_llama needs transformers (pip install 'transformers>=5.0'); importing its Llama model failed: {exc}"
+        ) from exc

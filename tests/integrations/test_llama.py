@@ -1,0 +1,149 @@
+"""transformers' Llama with the bundled kernels: marking, mapping, and equal numbers on CPU."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import kernel_fx
+from kernel_fx.integrations import LLAMA_LAYERS, llama_mapping, mark_llama
+
+transformers = pytest.importorskip("transformers")
+from transformers.models.llama import modeling_llama  # noqa: E402
+
+LAYER_NAMES = set(LLAMA_LAYERS.values())
+NORMS = ("input_layernorm", "post_attention_layernorm")
+
+
+def tiny_llama(num_hidden_layers: int = 2, **overrides: object) -> torch.nn.Module:
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=64,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).float()
+    with torch.no_grad():  # RMSNorm weights start at 1: make them differ so the kernel must read them
+        for module in model.modules():
+            if isinstance(module, modeling_llama.LlamaRMSNorm):
+                module.weight.add_(0.1 * torch.randn_like(module.weight))
+    return model
+
+
+def loss_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    return out.logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_mark_llama_marks_both_classes_once() -> None:
+    mark_llama()
+    forwards = {name: getattr(modeling_llama, name).forward for name in LLAMA_LAYERS}
+    mark_llama()
+    for class_name, layer_name in LLAMA_LAYERS.items():
+        cls = getattr(modeling_llama, class_name)
+        assert cls.kernel_layer_name == layer_name
+        assert cls.forward is forwards[class_name]  # not wrapped a second time
+
+
+def test_llama_mapping_names_bundled_layers_for_cpu_and_cuda() -> None:
+    mapping = llama_mapping()
+    assert set(mapping) == LAYER_NAMES
+    for layer_name, repos in mapping.items():
+        assert set(repos) == {"cpu", "cuda"}
+        assert {repo.layer_name for repo in repos.values()} == {layer_name}
+    assert mapping["LlamaMLP"]["cpu"].load(backend="cpu").__name__ == "LlamaMLP"
+
+
+def test_kernelized_llama_matches_original_forward_and_backward() -> None:
+    mark_llama()
+    model = tiny_llama().train()
+    ids = torch.randint(0, 128, (2, 11), generator=torch.Generator().manual_seed(0))
+    expected_logits, expected_grads = loss_and_grads(model, ids)
+
+    with kernel_fx.use_kernel_mapping(llama_mapping()):
+        kernel_fx.kernelize(model, device="cpu")
+    logits, grads = loss_and_grads(model, ids)
+
+    torch.testing.assert_close(logits, expected_logits)
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected)
+
+    decisions = [d for d in kernel_fx.report(model).decisions if d.layer_name in LAYER_NAMES]
+    sites = {(d.path, d.layer_name) for d in decisions}
+    assert sites == {
+        ("model.norm", "RMSNorm"),
+        *((f"model.layers.{i}.{norm}", "RMSNorm") for i in range(2) for norm in NORMS),
+        *((f"model.layers.{i}.mlp", "LlamaMLP") for i in range(2)),
+    }
+    assert all(d.uses_kernel and d.rejected is None for d in decisions), kernel_fx.report(model)
+
+
+def test_kernelized_llama_mlp_traces_into_one_graph() -> None:
+    mark_llama()
+    mlp = tiny_llama(num_hidden_layers=1).model.layers[0].mlp
+    x = torch.randn(2, 5, 64)
+    expected = mlp(x)
+    with kernel_fx.use_kernel_mapping(llama_mapping()):
+        kernel_fx.kernelize(mlp, device="cpu")
+    compiled = torch.compile(mlp, backend="eager", fullgraph=True)  # the SiLU check must not break the graph
+    torch.testing.assert_close(compiled(x), expected)
+    assert all(d.uses_kernel for d in kernel_fx.report(mlp).decisions)
+
+
+def test_hubkernels_backend_matches_original_on_llama() -> None:
+    mark_llama()
+    model = tiny_llama().train()
+    ids = torch.randint(0, 128, (2, 11), generator=torch.Generator().manual_seed(0))
+    expected_logits, expected_grads = loss_and_grads(model, ids)
+    with kernel_fx.use_kernel_mapping(llama_mapping()):
+        logits, grads = loss_and_grads(torch.compile(model, backend="hubkernels"), ids)
+        decisions = [d for d in kernel_fx.last_compile_report().decisions if d.layer_name in LAYER_NAMES]
+    torch.testing.assert_close(logits, expected_logits)
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected)
+    assert len(decisions) == 7 and all(d.uses_kernel for d in decisions)
+
+
+def test_llama_mlp_kernel_refuses_a_non_silu_model() -> None:
+    mark_llama()
+    model = tiny_llama(num_hidden_layers=1, hidden_act="gelu")
+    with kernel_fx.use_kernel_mapping(llama_mapping()):
+        kernel_fx.kernelize(model, device="cpu")
+    with pytest.raises(ValueError, match="hidden_act 'silu'"):
+        model(torch.tensor([[1, 2, 3]]))
+
+
+def test_mark_llama_without_transformers_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "transformers.models.llama.modeling_llama", None)
+    with pytest.raises(ImportError, match=r"pip install 'transformers>=5.0'"):
+        mark_llama()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_kernelized_llama_on_cuda_matches_original_in_bfloat16() -> None:
+    pytest.importorskip("triton")
+    mark_llama()
+    model = tiny_llama().to("cuda", torch.bfloat16).train()
+    ids = torch.randint(0, 128, (2, 64), device="cuda")
+    expected_logits, expected_grads = loss_and_grads(model, ids)
+    with kernel_fx.use_kernel_mapping(llama_mapping()):
+        kernel_fx.kernelize(model, device="cuda")
+    assert all(d.uses_kernel for d in kernel_fx.report(model).decisions if d.layer_name in LAYER_NAMES)
+    logits, grads = loss_and_grads(model, ids)
+
+    def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+        return ((a.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+    assert rel_err(logits, expected_logits) < 2e-2
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        assert rel_err(grad, expected) < 5e-2
