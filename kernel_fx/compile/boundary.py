@@ -33,6 +33,19 @@ BACKEND_ATTR = "_kernel_fx_hubkernels"
 
 # Argument kinds in an enter marker's `names`.
 TENSOR, CONSTANT, UNSUPPORTED = "tensor", "constant", "unsupported"
+# A tuple of tensors (e.g. transformers' `position_embeddings=(cos, sin)`) is the kind (TENSORS, n).
+TENSORS = "tensors"
+
+
+def value_kinds(names: tuple) -> list[str]:
+    """The kind of each value an enter marker carries, in order (tuples of tensors spelled out)."""
+    kinds: list[str] = []
+    for _key, kind in names:
+        if isinstance(kind, tuple):
+            kinds += [TENSOR] * kind[1]
+        elif kind != UNSUPPORTED:
+            kinds.append(kind)
+    return kinds
 
 _tokens = itertools.count(1)
 
@@ -119,6 +132,9 @@ def marked_call(forward: Callable[..., Any], wrapper: Callable[..., Any], module
         elif _routable(value):
             names.append((key, CONSTANT))
             values.append(value)
+        elif isinstance(value, tuple) and value and all(isinstance(v, torch.Tensor) for v in value):
+            names.append((key, (TENSORS, len(value))))
+            values.extend(value)
         else:  # not passed to the marker (dynamo could not put it in a graph); the backend skips the site
             names.append((key, UNSUPPORTED))
     meta = (token, module.training, tuple(names), class_name(type(module)), getattr(module, "kernel_layer_name", None))
@@ -127,10 +143,15 @@ def marked_call(forward: Callable[..., Any], wrapper: Callable[..., Any], module
     new_kwargs = dict(kwargs)
     for key, kind in names:
         if kind == TENSOR:
-            if isinstance(key, int):
-                new_args[key] = next(aliases)
-            else:
-                new_kwargs[key] = next(aliases)
+            alias: Any = next(aliases)
+        elif isinstance(kind, tuple):
+            alias = tuple(next(aliases) for _ in range(kind[1]))
+        else:
+            continue
+        if isinstance(key, int):
+            new_args[key] = alias
+        else:
+            new_kwargs[key] = alias
     out = forward(module, *new_args, **new_kwargs)
     return _marked_output(token, out)
 

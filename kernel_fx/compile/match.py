@@ -312,6 +312,8 @@ def _marked(graph: _GraphIndex, enter: fx.Node, exit_: fx.Node) -> Site:
         if kind == boundary.UNSUPPORTED:
             problem = Rejected(Reason.AMBIGUOUS_BINDING, f"argument {key!r} is neither a tensor nor a constant the graph can carry")
             value = None
+        elif isinstance(kind, tuple):  # a tuple of tensors
+            value = tuple(next(values) for _ in range(kind[1]))
         else:
             value = next(values)
         if isinstance(key, int):

@@ -69,6 +69,8 @@ def prepare(site: Site, kernel: type[nn.Module], original: Callable[..., Any], c
         if isinstance(value, fx.Node):
             inputs.append(value)
             return Slot(len(inputs) - 1)
+        if isinstance(value, tuple):  # a tuple of tensors, e.g. (cos, sin)
+            return tuple(slot(v) for v in value)
         return value
 
     args = tuple(slot(a) for a in site.args)
@@ -231,7 +233,7 @@ def _unalias(graph: fx.Graph, markers: list[fx.Node]) -> None:
     """Let every user of a marker's alias read the marker's input instead."""
     for marker in markers:
         if marker.target is boundary.enter:
-            kinds = [kind for _key, kind in marker.args[0][2] if kind != boundary.UNSUPPORTED]
+            kinds = boundary.value_kinds(marker.args[0][2])
             sources = [v for kind, v in zip(kinds, marker.args[1:]) if kind == boundary.TENSOR]
         else:
             sources = list(marker.args[1:])

@@ -118,6 +118,8 @@ class Slot:
 
 
 def _fill(value: Any, flat: tuple) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_fill(v, flat) for v in value)
     return flat[value.index] if isinstance(value, Slot) else value
 
 

@@ -1,4 +1,4 @@
-"""transformers' Llama with the bundled kernels: mark its RMSNorm and MLP, map them to kernels.
+"""transformers' Llama with the bundled kernels: mark its RMSNorm, attention and MLP, map them to kernels.
 
 transformers marks `LlamaRMSNorm` itself only when the Hugging Face `kernels` package is
 installed, and never marks `LlamaMLP`; `mark_llama` marks both, for this process.
@@ -12,8 +12,8 @@ installed, and never marks `LlamaMLP`; `mark_llama` marks both, for this process
 >>> model = LlamaForCausalLM(config)
 >>> with kernel_fx.use_kernel_mapping(llama_mapping()):
 ...     model = kernel_fx.kernelize(model, device="cpu")
->>> kernel_fx.report(model).summary()   # two norms and the MLP of the layer, and the final norm
-'4 sites: 4 kernel, 0 original'
+>>> kernel_fx.report(model).summary()   # two norms, the attention and the MLP of the layer, and the final norm
+'5 sites: 5 kernel, 0 original'
 >>> model(torch.tensor([[1, 2, 3]])).logits.shape
 torch.Size([1, 3, 128])
 """
@@ -30,7 +30,7 @@ from ..repos import LocalLayerRepository
 logger = logging.getLogger(__name__)
 
 # transformers class -> the layer name it is marked with (and the bundled kernel layer of that name).
-LLAMA_LAYERS = {"LlamaRMSNorm": "RMSNorm", "LlamaMLP": "LlamaMLP"}
+LLAMA_LAYERS = {"LlamaRMSNorm": "RMSNorm", "LlamaMLP": "LlamaMLP", "LlamaAttention": "LlamaAttention"}
 _DEVICES = ("cpu", "cuda")
 
 
@@ -62,7 +62,7 @@ def llama_mapping() -> dict[str, dict[str, LocalLayerRepository]]:
 
     >>> mapping = llama_mapping()
     >>> sorted(mapping), mapping["LlamaMLP"]["cuda"].layer_name
-    (['LlamaMLP', 'RMSNorm'], 'LlamaMLP')
+    (['LlamaAttention', 'LlamaMLP', 'RMSNorm'], 'LlamaMLP')
     """
     from ..kernels import bundled_repo_path
 

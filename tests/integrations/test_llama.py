@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import pytest
@@ -39,7 +40,7 @@ def tiny_llama(num_hidden_layers: int = 2, **overrides: object) -> torch.nn.Modu
 
 def loss_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     model.zero_grad()
-    out = model(ids, labels=ids)
+    out = model(ids, labels=ids, use_cache=False)  # a cache object is no graph value: sites taking one are skipped
     out.loss.backward()
     return out.logits.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -83,6 +84,7 @@ def test_kernelized_llama_matches_original_forward_and_backward() -> None:
         ("model.norm", "RMSNorm"),
         *((f"model.layers.{i}.{norm}", "RMSNorm") for i in range(2) for norm in NORMS),
         *((f"model.layers.{i}.mlp", "LlamaMLP") for i in range(2)),
+        *((f"model.layers.{i}.self_attn", "LlamaAttention") for i in range(2)),
     }
     assert all(d.uses_kernel and d.rejected is None for d in decisions), kernel_fx.report(model)
 
@@ -110,7 +112,7 @@ def test_hubkernels_backend_matches_original_on_llama() -> None:
     torch.testing.assert_close(logits, expected_logits)
     for grad, expected in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected)
-    assert len(decisions) == 7 and all(d.uses_kernel for d in decisions)
+    assert len(decisions) == 9 and all(d.uses_kernel for d in decisions)
 
 
 def test_llama_mlp_kernel_refuses_a_non_silu_model() -> None:
@@ -147,3 +149,17 @@ def test_kernelized_llama_on_cuda_matches_original_in_bfloat16() -> None:
     assert rel_err(logits, expected_logits) < 2e-2
     for grad, expected in zip(grads, expected_grads, strict=True):
         assert rel_err(grad, expected) < 5e-2
+
+
+def test_kernelized_attention_with_a_cache_and_a_padding_mask_matches() -> None:
+    mark_llama()
+    model = tiny_llama().eval()
+    reference = copy.deepcopy(model)
+    with kernel_fx.use_kernel_mapping(llama_mapping()):
+        kernel_fx.kernelize(model, device="cpu")
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :2] = 0  # left padding: attention takes the masked SDPA path
+    with torch.no_grad():
+        for kwargs in ({"use_cache": True}, {"attention_mask": mask, "use_cache": True}):
+            torch.testing.assert_close(model(ids, **kwargs).logits, reference(ids, **kwargs).logits)

@@ -107,3 +107,38 @@ class Attention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return _ops.attention(q, k, v)
+
+
+class LlamaAttention(nn.Module):
+    """transformers' LlamaAttention with the rotary embedding and causal SDPA as fused, opaque ops.
+
+    The projections stay the module's own Linear layers. Rotary runs as one kernel over q and k;
+    the causal self-attention (no mask, no cache growth, no dropout) is one opaque op, so a
+    compiler cannot hand SDPA re-laid-out inputs (DESIGN §5). Anything else takes torch's SDPA
+    with the mask, exactly as transformers' `sdpa_attention_forward` does.
+    """
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]  # (B, T)
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        q = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, KV, T, D)
+        v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, KV, T, D)
+        cos, sin = position_embeddings  # (B, T, D) each
+        q, k = _ops.apply_rotary(q, k, cos, sin)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        dropout = self.attention_dropout if self.training else 0.0
+        causal = q.shape[2] > 1 and attention_mask is None and getattr(self, "is_causal", True)
+        if causal and dropout == 0.0 and q.shape[2] == k.shape[2] and self.scaling == self.head_dim**-0.5:
+            out = _ops.attention(q, k, v)  # (B, H, T, D)
+        else:
+            if causal and k.shape[2] > q.shape[2]:  # prefill into a larger static cache, as transformers slices
+                k, v = k[:, :, : q.shape[2]], v[:, :, : q.shape[2]]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling,
+                                                 is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
+        out = out.transpose(1, 2).reshape(*input_shape, -1).contiguous()  # (B, T, H * D)
+        return self.o_proj(out), None
