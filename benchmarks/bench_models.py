@@ -73,6 +73,11 @@ def logits(out: Any) -> torch.Tensor:
 
 def prepare(variant: str, base: nn.Module, mapping: Callable[[], dict], training: bool) -> Callable[..., Any]:
     model = copy.deepcopy(base).train(training)
+    if variant.endswith("+causal-skip"):  # transformers models: keep is_causal SDPA under compile
+        from kernel_fx.integrations.llama import skip_causal_mask_when_compiling
+
+        skip_causal_mask_when_compiling(model)
+        variant = variant.removesuffix("+causal-skip")
     if variant == "eager":
         return model
     if variant == "eager+kernelize":

@@ -23,6 +23,10 @@ from __future__ import annotations
 import importlib
 import logging
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
 
 from ..layers import layer_name_of, replace_kernel_forward_from_hub
 from ..repos import LocalLayerRepository
@@ -71,6 +75,58 @@ def llama_mapping() -> dict[str, dict[str, LocalLayerRepository]]:
         layer_name: {device: LocalLayerRepository(root, layer_name=layer_name) for device in _DEVICES}
         for layer_name in LLAMA_LAYERS.values()
     }
+
+
+CAUSAL_SKIP_IMPLEMENTATION = "kernel_fx_sdpa"
+
+
+def skip_causal_mask_when_compiling(model: "nn.Module") -> None:
+    """Let `model` (a transformers model using SDPA) keep `is_causal` attention under torch.compile.
+
+    In eager, transformers passes no mask to SDPA for causal, unpadded inputs; while dynamo traces
+    it always builds the full (B, 1, T, T) mask, so attention under torch.compile takes a masked,
+    slower SDPA path (and the bundled LlamaAttention kernel its masked branch). This registers an
+    attention implementation that is transformers' own SDPA attention with a mask function that
+    returns None exactly where the eager one does for a causal mask with no padding, no offset
+    and no sliding window (known while tracing), and hands every other case to transformers'
+    `sdpa_mask`. The numbers do not change; only which SDPA kernel runs.
+
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+    ...                      num_key_value_heads=2, vocab_size=128)
+    >>> model = LlamaForCausalLM(config)
+    >>> skip_causal_mask_when_compiling(model)
+    >>> model.config._attn_implementation
+    'kernel_fx_sdpa'
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.modeling_utils import AttentionInterface
+
+    AttentionInterface.register(CAUSAL_SKIP_IMPLEMENTATION, sdpa_attention_forward)
+    AttentionMaskInterface.register(CAUSAL_SKIP_IMPLEMENTATION, _causal_skipping_sdpa_mask)
+    if model.config._attn_implementation != "sdpa":
+        raise ValueError(
+            f"skip_causal_mask_when_compiling needs a model using attn_implementation='sdpa', "
+            f"this one uses {model.config._attn_implementation!r}."
+        )
+    model.set_attn_implementation(CAUSAL_SKIP_IMPLEMENTATION)
+
+
+def _causal_skipping_sdpa_mask(**kwargs: Any) -> Any:
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    pure_causal = (
+        kwargs.get("allow_is_causal_skip", True)
+        and kwargs.get("attention_mask") is None
+        and kwargs.get("mask_function") is causal_mask_function
+        and kwargs.get("local_size") is None
+        and kwargs.get("q_offset", 0) == 0
+        and kwargs.get("kv_offset", 0) == 0
+        and kwargs["q_length"] == kwargs["kv_length"]
+        and kwargs["q_length"] > 1
+    )
+    return None if pure_causal else sdpa_mask(**kwargs)
 
 
 def _modeling_llama() -> ModuleType:

@@ -163,3 +163,35 @@ def test_kernelized_attention_with_a_cache_and_a_padding_mask_matches() -> None:
     with torch.no_grad():
         for kwargs in ({"use_cache": True}, {"attention_mask": mask, "use_cache": True}):
             torch.testing.assert_close(model(ids, **kwargs).logits, reference(ids, **kwargs).logits)
+
+
+def test_causal_mask_skip_keeps_the_numbers_and_is_causal_under_compile() -> None:
+    from kernel_fx.integrations import skip_causal_mask_when_compiling
+
+    mark_llama()
+    model = tiny_llama().eval()
+    reference = copy.deepcopy(model)
+    skip_causal_mask_when_compiling(model)
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, :3] = 0
+    backend = kernel_fx.HubKernelsBackend(inner="eager")
+    with kernel_fx.use_kernel_mapping(llama_mapping()), torch.no_grad():
+        compiled = torch.compile(model, backend=backend)
+        torch.testing.assert_close(compiled(ids, use_cache=False).logits, reference(ids, use_cache=False).logits)
+        torch.testing.assert_close(compiled(ids, attention_mask=mask, use_cache=False).logits,
+                                   reference(ids, attention_mask=mask, use_cache=False).logits)
+    assert all(d.uses_kernel for r in backend.records for d in r.decisions)
+
+
+def test_causal_skip_mask_returns_none_only_for_pure_causal_masks() -> None:
+    from transformers.masking_utils import causal_mask_function
+
+    from kernel_fx.integrations.llama import _causal_skipping_sdpa_mask
+
+    common = dict(batch_size=2, q_length=5, kv_length=5, mask_function=causal_mask_function, allow_is_causal_skip=True)
+    assert _causal_skipping_sdpa_mask(**common, attention_mask=None) is None
+    padded = torch.ones(2, 5, dtype=torch.bool)
+    padded[0, 0] = False
+    assert _causal_skipping_sdpa_mask(**common, attention_mask=padded).shape == (2, 1, 5, 5)
+    assert _causal_skipping_sdpa_mask(**{**common, "allow_is_causal_skip": False}, attention_mask=None) is not None
