@@ -30,7 +30,12 @@ def main() -> None:
     for variant in sys.argv[1:] or ["eager+kernelize", "hubkernels", "inductor"]:
         torch._dynamo.reset()
         print(f"==== {variant}")
-        print(top_kernels(prepare(variant, base, mapping, training=False), inputs))
+        run = prepare(variant, base, mapping, training=False)
+        print(top_kernels(run, inputs))
+        backend = getattr(run, "backend", None)
+        if backend is not None:  # which attention ops the rewritten graphs hold
+            for record in backend.report.graphs:
+                print({op: n for op, n in record.after.ops.items() if "attention" in op or "kernel_fx" in op})
 
 
 if __name__ == "__main__":
