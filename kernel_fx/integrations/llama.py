@@ -81,15 +81,16 @@ CAUSAL_SKIP_IMPLEMENTATION = "kernel_fx_sdpa"
 
 
 def skip_causal_mask_when_compiling(model: "nn.Module") -> None:
-    """Let `model` (a transformers model using SDPA) keep `is_causal` attention under torch.compile.
+    """Let a transformers Llama keep `is_causal` SDPA under torch.compile, for unpacked inputs.
 
-    In eager, transformers passes no mask to SDPA for causal, unpadded inputs; while dynamo traces
-    it always builds the full (B, 1, T, T) mask, so attention under torch.compile takes a masked,
-    slower SDPA path (and the bundled LlamaAttention kernel its masked branch). This registers an
-    attention implementation that is transformers' own SDPA attention with a mask function that
-    returns None exactly where the eager one does for a causal mask with no padding, no offset
-    and no sliding window (known while tracing), and hands every other case to transformers'
-    `sdpa_mask`. The numbers do not change; only which SDPA kernel runs.
+    In eager, transformers passes SDPA no mask for causal, unpadded inputs. While dynamo traces it
+    cannot check the data, so it assumes `position_ids` might describe packed sequences and
+    always builds a full (B, 1, T, T) mask: attention under torch.compile then takes a masked,
+    slower SDPA path (and the bundled LlamaAttention kernel its masked branch). Calling this is a
+    promise that inputs are not packed sequences (no `position_ids` restarting inside a row):
+    it registers an attention implementation that is transformers' own SDPA attention with a
+    mask function returning None for a causal mask with no padding mask, no offset and no
+    sliding window (all known while tracing), and transformers' `sdpa_mask` for anything else.
 
     >>> from transformers import LlamaConfig, LlamaForCausalLM
     >>> config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
@@ -114,12 +115,12 @@ def skip_causal_mask_when_compiling(model: "nn.Module") -> None:
 
 
 def _causal_skipping_sdpa_mask(**kwargs: Any) -> Any:
-    from transformers.masking_utils import causal_mask_function, sdpa_mask
+    from transformers.masking_utils import sdpa_mask
 
+    # The mask function here is the causal one, possibly and-ed with transformers' packed-sequence
+    # mask (added because it could not look at position_ids while tracing): ruled out by the caller.
     pure_causal = (
-        kwargs.get("allow_is_causal_skip", True)
-        and kwargs.get("attention_mask") is None
-        and kwargs.get("mask_function") is causal_mask_function
+        kwargs.get("attention_mask") is None
         and kwargs.get("local_size") is None
         and kwargs.get("q_offset", 0) == 0
         and kwargs.get("kv_offset", 0) == 0

@@ -184,6 +184,28 @@ def test_causal_mask_skip_keeps_the_numbers_and_is_causal_under_compile() -> Non
     assert all(d.uses_kernel for r in backend.records for d in r.decisions)
 
 
+def test_under_compile_the_unpadded_attention_gets_no_mask() -> None:
+    from kernel_fx.integrations import skip_causal_mask_when_compiling
+
+    model = tiny_llama().eval()
+    skip_causal_mask_when_compiling(model)
+    seen = []
+
+    def record_mask(module, args, kwargs):
+        seen.append(kwargs.get("attention_mask"))
+
+    model.model.layers[0].self_attn.register_forward_pre_hook(record_mask, with_kwargs=True)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    with torch.no_grad():
+        torch.compile(model, backend=backend)(torch.randint(0, 128, (2, 9)), use_cache=False)
+    assert seen == [None] and len(graphs) == 1
+
+
 def test_causal_skip_mask_returns_none_only_for_pure_causal_masks() -> None:
     from transformers.masking_utils import causal_mask_function
 
@@ -194,4 +216,3 @@ def test_causal_skip_mask_returns_none_only_for_pure_causal_masks() -> None:
     padded = torch.ones(2, 5, dtype=torch.bool)
     padded[0, 0] = False
     assert _causal_skipping_sdpa_mask(**common, attention_mask=padded).shape == (2, 1, 5, 5)
-    assert _causal_skipping_sdpa_mask(**{**common, "allow_is_causal_skip": False}, attention_mask=None) is not None
