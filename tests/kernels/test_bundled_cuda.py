@@ -6,9 +6,6 @@ imported by this file on a machine without CUDA (the interpreter tests need a fr
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
 import types
 from pathlib import Path
 from typing import Any, Callable
@@ -28,18 +25,10 @@ DEVICE = "cuda"
 
 
 def load_variant(variant_dir: Path) -> types.ModuleType:
-    """Import `variant_dir/__init__.py` as a package named by its metadata id (as the loader does)."""
-    name = json.loads((variant_dir / "metadata.json").read_text())["id"]
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, variant_dir / "__init__.py", submodule_search_locations=[str(variant_dir)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The variant imported by kernel_fx's own loader (under its metadata id)."""
+    from kernel_fx.hub.local import get_local_kernel
+
+    return get_local_kernel(variant_dir)
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,6 @@ if not INTERPRETING:
         assert " passed" in result.stdout, result.stdout
 
 else:
-    import importlib.util
-    import json
     import types
     from pathlib import Path
     from typing import Any, Callable
@@ -46,18 +44,10 @@ else:
     VARIANT_DIR = bundled_repo_path() / "build" / "torch-cuda"
 
     def load_variant(variant_dir: Path) -> types.ModuleType:
-        """Import `variant_dir/__init__.py` as a package named by its metadata id (as the loader does)."""
-        name = json.loads((variant_dir / "metadata.json").read_text())["id"]
-        if name in sys.modules:
-            return sys.modules[name]
-        spec = importlib.util.spec_from_file_location(
-            name, variant_dir / "__init__.py", submodule_search_locations=[str(variant_dir)]
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
+        """The variant imported by kernel_fx's own loader (under its metadata id)."""
+        from kernel_fx.hub.local import get_local_kernel
+
+        return get_local_kernel(variant_dir)
 
     @pytest.fixture(scope="module")
     def package() -> types.ModuleType:
@@ -245,14 +235,18 @@ else:
         assert calls.count(silu_mul) == 1
         assert not any("silu" in str(t) for t in calls if t is not silu_mul)  # the gating is the op alone
 
-    def test_reimport_under_same_id_reuses_registered_ops(package: types.ModuleType) -> None:
+    def test_reimport_under_same_id_reuses_registered_ops(package: types.ModuleType, tmp_path: Path) -> None:
+        import shutil
+
         name = package.__name__
         saved = {k: v for k, v in sys.modules.items() if k == name or k.startswith(name + ".")}
         for k in saved:
             del sys.modules[k]
         try:
-            again = load_variant(VARIANT_DIR)
-            assert again is not package
+            copy = tmp_path / VARIANT_DIR.name  # another path, the same metadata id: imported afresh
+            shutil.copytree(VARIANT_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+            again = load_variant(copy)
+            assert again is not package and again.__name__ == name
             assert again.layers.RMSNorm is not package.layers.RMSNorm
             x = torch.randn(2, 8)
             module = _norm(demo.RMSNorm, 8)
