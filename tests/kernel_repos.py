@@ -21,6 +21,22 @@ class Scale(nn.Module):
         return torch.mul(x, self.weight * self.factor)
 '''
 
+# A Scale kernel that counts its calls (module-level CALLS), so tests see which forward ran.
+COUNTING_SCALE = '''
+import torch
+from torch import nn
+
+CALLS = []
+
+class Scale(nn.Module):
+    has_backward = {has_backward}
+    can_torch_compile = {can_compile}
+
+    def forward(self, x):
+        CALLS.append(1)
+        return torch.mul(x, self.weight * self.factor)
+'''
+
 TWO_INPUT_LAYERS = '''
 import torch
 from torch import nn

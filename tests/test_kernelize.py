@@ -24,24 +24,9 @@ from kernel_fx import (
     unkernelize,
     use_kernel_mapping,
 )
-from kernel_repos import TWO_INPUT_LAYERS
+from kernel_repos import COUNTING_SCALE, TWO_INPUT_LAYERS
 from models import AddScaled, Net, Scale
 
-# A Scale kernel that counts its calls, so tests see which forward ran.
-COUNTING_SCALE = '''
-import torch
-from torch import nn
-
-CALLS = []
-
-class Scale(nn.Module):
-    has_backward = {has_backward}
-    can_torch_compile = {can_compile}
-
-    def forward(self, x):
-        CALLS.append(1)
-        return torch.mul(x, self.weight * self.factor)
-'''
 
 
 def scale_repo(kernel_repo, has_backward=True, can_compile=True, source=COUNTING_SCALE, layer="Scale"):

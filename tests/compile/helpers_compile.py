@@ -120,20 +120,7 @@ class Block(nn.Module):
 
 # -- kernels (sources of kernel repos) ------------------------------------------------------------
 
-SCALE = '''
-import torch
-from torch import nn
-
-CALLS = []
-
-class Scale(nn.Module):
-    has_backward = {has_backward}
-    can_torch_compile = {can_compile}
-
-    def forward(self, x):
-        CALLS.append(1)
-        return torch.mul(x, self.weight * self.factor)
-'''
+from kernel_repos import COUNTING_SCALE as SCALE  # noqa: E402  (one source for eager and compile tests)
 
 MIX = '''
 import torch
