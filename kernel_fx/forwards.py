@@ -20,6 +20,10 @@ from .modes import Mode
 
 ForwardFn = Callable[..., Any]  # called as fn(module, *args, **kwargs)
 
+# Bound once: these run on every call of an installed forward (dynamo knows them by identity).
+_grad_enabled = torch.is_grad_enabled
+_is_compiling = torch.compiler.is_compiling
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -150,7 +154,7 @@ class CompileCheckingForward(KernelForward):
     """A kernel that must not run while torch.compile traces (can_torch_compile = False)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.table[2 if torch.compiler.is_compiling() else 0](self.module, *args, **kwargs)
+        return self.table[2 if _is_compiling() else 0](self.module, *args, **kwargs)
 
 
 class DynamicForward(KernelForward):
@@ -158,9 +162,8 @@ class DynamicForward(KernelForward):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         module = self.module
-        grad = module.training or (torch.is_grad_enabled() and needs_grad(module, args, kwargs))
-        index = int(grad) + (2 if torch.compiler.is_compiling() else 0)
-        return self.table[index](module, *args, **kwargs)
+        grad = module.training or (_grad_enabled() and needs_grad(module, args, kwargs))
+        return self.table[grad + (2 if _is_compiling() else 0)](module, *args, **kwargs)
 
 
 def needs_grad(module: nn.Module, args: tuple, kwargs: dict) -> bool:
