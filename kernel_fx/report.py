@@ -45,6 +45,7 @@ class Reason(str, Enum):
     NOT_TRACEABLE = "not traceable"
     UNKNOWN_MODULE = "module not resolved"
     ENCLOSED = "inside a substituted call"
+    SLOWER_THAN_ORIGINAL = "slower than original"  # autotune=True timed both
 
 
 @dataclass(frozen=True)
@@ -171,9 +172,37 @@ def _render_graph(graph: Any, tablefmt: str, fmt: str, max_lines: int) -> str:
     parts = [("### " if fmt == "markdown" else "== ") + head]
     if rows:
         parts.append(tabulate(rows, headers=["op", "before", "after", "change"], tablefmt=tablefmt))
+    if getattr(graph, "autotune", None):
+        parts.append(_render_autotune(graph, tablefmt, fmt))
+    elif getattr(graph, "autotune_note", None):
+        parts.append(f"autotune: {graph.autotune_note}")
     for diff in getattr(graph, "site_diffs", []):
         parts.append(_render_site_diff(diff, fmt, max_lines))
     return "\n\n".join(parts)
+
+
+def _render_autotune(graph: Any, tablefmt: str, fmt: str) -> str:
+    from tabulate import tabulate
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    rows = [
+        [r.kernel, r.shapes, r.timed, ms(r.kernel_ms), ms(r.original_ms),
+         "-" if r.speedup is None else f"{r.speedup:.2f}x", "kernel" if r.kept else "original", _sites(r.sites)]
+        + ([r.note or "-"] if any(x.note for x in graph.autotune) else [])
+        for r in graph.autotune
+    ]
+    headers = ["kernel", "inputs", "timed", "kernel ms", "original ms", "speedup", "runs", "sites"]
+    headers += ["note"] if any(r.note for r in graph.autotune) else []
+    title = f"autotune: medians, both compiled by {graph.inner or '-'}"
+    return ("**" + title + "**" if fmt == "markdown" else title) + "\n\n" + tabulate(rows, headers=headers, tablefmt=tablefmt)
+
+
+def _sites(sites: tuple[str, ...], shown: int = 3) -> str:
+    if len(sites) <= shown:
+        return ", ".join(sites)
+    return f"{', '.join(sites[:shown])}, ... ({len(sites)} calls)"
 
 
 def _clip(lines: tuple[str, ...], max_lines: int) -> list[str]:

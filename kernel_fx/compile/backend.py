@@ -14,6 +14,9 @@ Options (`torch.compile(..., options={...})` or `HubKernelsBackend(...)`):
                   TRAINING where autograd records through the call, else INFERENCE
     device        device type to resolve kernels for; default: the site's tensors' device
     use_fallback  False: raise instead of keeping an original forward (as kernelize)
+    autotune      True: time each distinct call with its kernel against its original region,
+                  both compiled by the inner compiler on the real example inputs, and keep the
+                  kernel only where it is faster (see autotune.py; the pass then takes longer)
 torch.compile's own `mode=` ("max-autotune", ...) goes to inductor.
 
 A layer and a kernel for it (the bundled CPU SiluAndMul), and the graph before and after:
@@ -60,7 +63,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import fx
@@ -76,10 +79,14 @@ from .match import FrameInfo, Site, find_sites
 from .records import GraphRecord, GraphSnapshot
 from .rewrite import OPAQUE, Substitution, TraceCache, apply, prepare
 
+if TYPE_CHECKING:
+    from .autotune import Tuner
+
 logger = logging.getLogger(__name__)
 
-KNOWN_OPTIONS = ("device", "inner", "mode", "use_fallback")
-_KEEP_ORIGINAL = (Reason.NO_MAPPING, Reason.DISABLED)  # never an error, even with use_fallback=False
+KNOWN_OPTIONS = ("autotune", "device", "inner", "mode", "use_fallback")
+# never an error, even with use_fallback=False
+_KEEP_ORIGINAL = (Reason.NO_MAPPING, Reason.DISABLED, Reason.SLOWER_THAN_ORIGINAL)
 
 boundary.allow_markers()
 
@@ -96,6 +103,7 @@ class Options:
     mode: Mode | None = None
     device: str | None = None
     use_fallback: bool = True
+    autotune: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.inner, str):
@@ -108,6 +116,8 @@ class Options:
             object.__setattr__(self, "device", _parse_device(self.device))
         if not isinstance(self.use_fallback, bool):
             raise BackendOptionError(f"hubkernels option use_fallback={self.use_fallback!r} must be True or False.")
+        if not isinstance(self.autotune, bool):
+            raise BackendOptionError(f"hubkernels option autotune={self.autotune!r} must be True or False.")
 
     def updated(self, options: Mapping[str, Any] | None) -> Options:
         """These options with `options` (a torch.compile `options=` dict) applied on top."""
@@ -168,8 +178,8 @@ class HubKernelsBackend:
     _kernel_fx_hubkernels = True  # how a trace recognises this backend (see boundary.py)
 
     def __init__(self, *, inner: str | Callable[..., Any] = "inductor", mode: Mode | str | None = None,
-                 device: str | torch.device | None = None, use_fallback: bool = True) -> None:
-        self.options = Options(inner, mode, device, use_fallback)  # type: ignore[arg-type]
+                 device: str | torch.device | None = None, use_fallback: bool = True, autotune: bool = False) -> None:
+        self.options = Options(inner, mode, device, use_fallback, autotune)  # type: ignore[arg-type]
         self.records: list[GraphRecord] = []
 
     @property
@@ -184,7 +194,7 @@ class HubKernelsBackend:
     def __call__(self, gm: fx.GraphModule, example_inputs: list[Any], *, mode: str | None = None,
                  options: Mapping[str, Any] | None = None) -> Callable[..., Any]:
         opts = self.options.updated(options)
-        record = run_pass(gm, example_inputs, opts, index=len(self.records))
+        record = run_pass(gm, example_inputs, opts, index=len(self.records), compile_mode=mode)
         self.records.append(record)
         _sessions.add(record)
         return _inner_compile(opts.inner, gm, example_inputs, mode)
@@ -200,7 +210,7 @@ def hubkernels(gm: fx.GraphModule, example_inputs: list[Any], *, mode: str | Non
     Records go to `kernel_fx.last_compile_report()`.
     """
     opts = Options().updated(options)
-    record = run_pass(gm, example_inputs, opts, index=None)
+    record = run_pass(gm, example_inputs, opts, index=None, compile_mode=mode)
     _sessions.add(record)
     return _inner_compile(opts.inner, gm, example_inputs, mode)
 
@@ -217,12 +227,20 @@ def last_compile_report() -> Report | None:
     return _sessions.report
 
 
-def run_pass(gm: fx.GraphModule, example_inputs: list[Any], opts: Options, index: int | None) -> GraphRecord:
-    """The graph pass proper: match, plan, rewrite. Mutates `gm`; returns its record."""
+def run_pass(gm: fx.GraphModule, example_inputs: list[Any], opts: Options, index: int | None,
+             compile_mode: str | None = None) -> GraphRecord:
+    """The graph pass proper: match, plan (timing kernels with `autotune`), rewrite. Mutates
+    `gm`; returns its record. `compile_mode` is torch.compile's `mode=`, for the inner compiler."""
     start = time.perf_counter()
     before = GraphSnapshot.of(gm, keep=True)
     sites = find_sites(gm, example_inputs, _frame_info())
-    decisions, substitutions = _Plan(opts).run(sites)
+    inner = _inner_name(opts.inner)
+    tuner = None
+    if opts.autotune:
+        from .autotune import Tuner
+
+        tuner = Tuner(gm, example_inputs, sites, lambda g, xs: _inner_compile(opts.inner, g, xs, compile_mode), inner)
+    decisions, substitutions = _Plan(opts, tuner).run(sites)
     diffs = apply(gm, substitutions)
     record = GraphRecord(
         index=_sessions.next_index() if index is None else index,
@@ -230,8 +248,10 @@ def run_pass(gm: fx.GraphModule, example_inputs: list[Any], opts: Options, index
         before=before,
         after=GraphSnapshot.of(gm, keep=True),
         decisions=decisions,
-        inner=opts.inner if isinstance(opts.inner, str) else getattr(opts.inner, "__name__", repr(opts.inner)),
+        inner=inner,
         site_diffs=diffs,
+        autotune=tuner.results if tuner is not None else [],
+        autotune_note=tuner.note if tuner is not None else None,
     )
     record.pass_seconds = time.perf_counter() - start
     logger.info("kernel_fx hubkernels graph %s: %s", record.index, Report(decisions).summary())
@@ -244,8 +264,9 @@ def run_pass(gm: fx.GraphModule, example_inputs: list[Any], opts: Options, index
 class _Plan:
     """Decides every site of one graph: a `Decision` each, and the substitutions to apply."""
 
-    def __init__(self, opts: Options) -> None:
+    def __init__(self, opts: Options, tuner: Tuner | None = None) -> None:
         self.opts = opts
+        self.tuner = tuner
         self.planners: dict[str, _Planner] = {}
         self.cache = TraceCache()
         self.disabled = _disabled()
@@ -304,6 +325,9 @@ class _Plan:
         sub = prepare(site, slot.kernel, original_forward(module), self.cache)
         if isinstance(sub, Rejected):
             return self._decision(site, slot, Outcome.ORIGINAL, sub, condition, device=device), None
+        slower = self.tuner.check(sub) if self.tuner is not None else None
+        if slower is not None:
+            return self._decision(site, slot, Outcome.ORIGINAL, slower, condition, device=device), None
         outcome = Outcome.OPAQUE_KERNEL if sub.how == OPAQUE else Outcome.KERNEL
         return self._decision(site, slot, outcome, sub.why_opaque, condition, device=device), sub
 
@@ -370,6 +394,10 @@ def _compile_id() -> str | None:
     except Exception:  # noqa: BLE001
         return None
     return None if compile_id is None else str(compile_id)
+
+
+def _inner_name(inner: str | Callable[..., Any]) -> str:
+    return inner if isinstance(inner, str) else getattr(inner, "__name__", repr(inner))
 
 
 def _inner_compile(inner: str | Callable[..., Any], gm: fx.GraphModule, example_inputs: list[Any], mode: str | None) -> Callable[..., Any]:

@@ -93,6 +93,41 @@ class SiteDiff:
                 "before": list(self.before), "after": list(self.after)}
 
 
+@dataclass(frozen=True)
+class AutotuneResult:
+    """One distinct call timed by `autotune=True`: the same kernel on the same input shapes,
+    strides and dtypes, with or without a backward. Medians in milliseconds of the kernel's
+    substitution and of the original region, both compiled by the inner compiler; `kept` when
+    the kernel won. `sites` are the calls this decided (`path #call`); `note` says why a group
+    was not timed (its kernel then stays).
+
+    >>> r = AutotuneResult("SiluAndMul", "float32[4, 16]", 0.02, 0.05, True, ("mlp.act #0",))
+    >>> round(r.speedup, 2), r.as_dict()["timed"]
+    (2.5, 'forward')
+    """
+
+    kernel: str
+    shapes: str
+    kernel_ms: float | None
+    original_ms: float | None
+    kept: bool
+    sites: tuple[str, ...]
+    timed: str = "forward"
+    note: str = ""
+
+    @property
+    def speedup(self) -> float | None:
+        """original_ms / kernel_ms: above 1 when the kernel is faster."""
+        if self.kernel_ms is None or self.original_ms is None or self.kernel_ms <= 0:
+            return None
+        return self.original_ms / self.kernel_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "shapes": self.shapes, "timed": self.timed, "kernel_ms": self.kernel_ms,
+                "original_ms": self.original_ms, "speedup": self.speedup, "kept": self.kept,
+                "sites": list(self.sites), "note": self.note}
+
+
 class GraphSnapshot:
     """One state of a graph: its code, op counts per target, and its op nodes as `name: target`.
 
@@ -144,6 +179,8 @@ class GraphRecord:
     pass_seconds: float = 0.0
     inner: str = ""
     site_diffs: list[SiteDiff] = field(default_factory=list)
+    autotune: list[AutotuneResult] = field(default_factory=list)
+    autotune_note: str | None = None  # why nothing in this graph was timed, with autotune=True
 
     @property
     def nodes_removed(self) -> list[str]:
@@ -175,4 +212,6 @@ class GraphRecord:
             "nodes_added": self.nodes_added,
             "decisions": [d.as_dict() for d in self.decisions],
             "site_diffs": [d.as_dict() for d in self.site_diffs],
+            "autotune": [r.as_dict() for r in self.autotune],
+            "autotune_note": self.autotune_note,
         }
