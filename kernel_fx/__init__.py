@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from .devices import CUDAProperties, Device, ROCMProperties
 from .errors import KernelFxError, KernelizeError, KernelLoadError, KernelValidationError, MappingError
-from .hub.api import get_kernel, get_kernel_variants, get_local_kernel, has_kernel, load_kernel
 from .defaults import default_mapping
 from .explain import Explanation, explain
+from .hub.api import get_kernel, get_kernel_variants, get_local_kernel, has_kernel, load_kernel
 from .kernelize import kernelize, report, unkernelize
 from .layers import (
     replace_kernel_forward_from_hub,
@@ -33,12 +33,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Explanation",
-    "default_mapping",
-    "explain",
     "CUDAProperties",
     "Decision",
     "Device",
+    "Explanation",
     "HubKernelsBackend",
     "KernelFxError",
     "KernelLoadError",
@@ -54,6 +52,8 @@ __all__ = [
     "Reason",
     "Rejected",
     "Report",
+    "default_mapping",
+    "explain",
     "get_kernel",
     "get_kernel_variants",
     "get_local_kernel",
