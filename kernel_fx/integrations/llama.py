@@ -21,6 +21,8 @@ torch.Size([1, 3, 128])
 from __future__ import annotations
 
 import importlib
+import inspect
+import sys
 import logging
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -62,7 +64,8 @@ def llama_mapping() -> dict[str, dict[str, LocalLayerRepository]]:
     """`{layer: {"cpu": repo, "cuda": repo}}` with the bundled kernels for the layers `mark_llama` marks.
 
     Use it with `kernel_fx.use_kernel_mapping(llama_mapping())` around `kernel_fx.kernelize`, or
-    register it. It does not import transformers.
+    register it. It does not import transformers; the attention kernel is picked to match the
+    transformers already imported (`mark_llama()` imports it), the one for 5.17 otherwise.
 
     >>> mapping = llama_mapping()
     >>> sorted(mapping), mapping["LlamaMLP"]["cuda"].layer_name
@@ -71,10 +74,25 @@ def llama_mapping() -> dict[str, dict[str, LocalLayerRepository]]:
     from ..kernels import bundled_repo_path
 
     root = bundled_repo_path()
+    kernels = {name: name for name in LLAMA_LAYERS.values()}
+    kernels["LlamaAttention"] = _attention_kernel_name()
     return {
-        layer_name: {device: LocalLayerRepository(root, layer_name=layer_name) for device in _DEVICES}
-        for layer_name in LLAMA_LAYERS.values()
+        layer_name: {device: LocalLayerRepository(root, layer_name=kernel) for device in _DEVICES}
+        for layer_name, kernel in kernels.items()
     }
+
+
+def _attention_kernel_name() -> str:
+    """The bundled attention kernel whose forward matches the installed transformers' LlamaAttention.
+
+    transformers 5.24 renamed the forward's `past_key_values` to `cache`; kernel forwards must
+    match the original's parameter names, so there is one kernel per spelling.
+    """
+    modeling = sys.modules.get("transformers.models.llama.modeling_llama")
+    if modeling is None:
+        return "LlamaAttention"
+    names = inspect.signature(inspect.unwrap(modeling.LlamaAttention.forward)).parameters
+    return "LlamaAttentionCacheArg" if "cache" in names else "LlamaAttention"
 
 
 CAUSAL_SKIP_IMPLEMENTATION = "kernel_fx_sdpa"

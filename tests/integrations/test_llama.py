@@ -60,8 +60,18 @@ def test_llama_mapping_names_bundled_layers_for_cpu_and_cuda() -> None:
     assert set(mapping) == LAYER_NAMES
     for layer_name, repos in mapping.items():
         assert set(repos) == {"cpu", "cuda"}
-        assert {repo.layer_name for repo in repos.values()} == {layer_name}
+        kernel = {repo.layer_name for repo in repos.values()}
+        assert kernel == ({layer_name} if layer_name != "LlamaAttention" else kernel & {"LlamaAttention", "LlamaAttentionCacheArg"})
+        assert len(kernel) == 1
     assert mapping["LlamaMLP"]["cpu"].load(backend="cpu").__name__ == "LlamaMLP"
+
+
+def test_the_attention_kernel_matches_the_installed_transformers() -> None:
+    import inspect
+
+    kernel = llama_mapping()["LlamaAttention"]["cpu"].load(backend="cpu")
+    theirs = inspect.signature(inspect.unwrap(modeling_llama.LlamaAttention.forward)).parameters
+    assert list(inspect.signature(kernel.forward).parameters) == list(theirs)
 
 
 def test_kernelized_llama_matches_original_forward_and_backward() -> None:

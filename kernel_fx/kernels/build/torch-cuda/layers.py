@@ -122,23 +122,38 @@ class LlamaAttention(nn.Module):
     can_torch_compile = True
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
-        input_shape = hidden_states.shape[:-1]  # (B, T)
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        q = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, KV, T, D)
-        v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, KV, T, D)
-        cos, sin = position_embeddings  # (B, T, D) each
-        q, k = _ops.apply_rotary(q, k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
-        dropout = self.attention_dropout if self.training else 0.0
-        causal = q.shape[2] > 1 and attention_mask is None and getattr(self, "is_causal", True)
-        if causal and dropout == 0.0 and q.shape[2] == k.shape[2] and self.scaling == self.head_dim**-0.5:
-            out = _ops.attention(q, k, v)  # (B, H, T, D)
-        else:
-            if causal and k.shape[2] > q.shape[2]:  # prefill into a larger static cache, as transformers slices
-                k, v = k[:, :, : q.shape[2]], v[:, :, : q.shape[2]]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling,
-                                                 is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
-        out = out.transpose(1, 2).reshape(*input_shape, -1).contiguous()  # (B, T, H * D)
-        return self.o_proj(out), None
+        return _llama_attention(self, hidden_states, position_embeddings, attention_mask, past_key_values, kwargs, False)
+
+
+class LlamaAttentionCacheArg(nn.Module):
+    """`LlamaAttention` for transformers >= 5.24, whose forward names its cache `cache`."""
+
+    has_backward = True
+    can_torch_compile = True
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
+        return _llama_attention(self, hidden_states, position_embeddings, attention_mask, cache, kwargs, True)
+
+
+def _llama_attention(self, hidden_states, position_embeddings, attention_mask, cache, kwargs, pass_kwargs):
+    """The body of both LlamaAttention kernels; `self` is the user's (or a stand-in) module."""
+    input_shape = hidden_states.shape[:-1]  # (B, T)
+    hidden_shape = (*input_shape, -1, self.head_dim)
+    q = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, T, D)
+    k = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, KV, T, D)
+    v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, KV, T, D)
+    cos, sin = position_embeddings  # (B, T, D) each
+    q, k = _ops.apply_rotary(q, k, cos, sin)
+    if cache is not None:  # transformers >= 5.24 passes kwargs on to the cache
+        k, v = cache.update(k, v, self.layer_idx, **({"kwargs": kwargs} if pass_kwargs else {}))
+    dropout = self.attention_dropout if self.training else 0.0
+    causal = q.shape[2] > 1 and attention_mask is None and getattr(self, "is_causal", True)
+    if causal and dropout == 0.0 and q.shape[2] == k.shape[2] and self.scaling == self.head_dim**-0.5:
+        out = _ops.attention(q, k, v)  # (B, H, T, D)
+    else:
+        if causal and k.shape[2] > q.shape[2]:  # prefill into a larger static cache, as transformers slices
+            k, v = k[:, :, : q.shape[2]], v[:, :, : q.shape[2]]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling,
+                                             is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
+    out = out.transpose(1, 2).reshape(*input_shape, -1).contiguous()  # (B, T, H * D)
+    return self.o_proj(out), None
