@@ -136,7 +136,6 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def measure(variant: str, base: nn.Module, inputs: dict, mapping: Callable, device: str, training: bool,
             reference: torch.Tensor, args: argparse.Namespace) -> dict:
     run = prepare(variant, base, mapping, training)
-    params = [p for p in (run.parameters() if isinstance(run, nn.Module) else [])]
 
     def step():
         if training:
@@ -151,7 +150,6 @@ def measure(variant: str, base: nn.Module, inputs: dict, mapping: Callable, devi
     first_s = time.perf_counter() - t0
     error = rel_error(first.detach(), reference)
     median, peak = timed(step, device, args.warmup, args.repeats)
-    del params
     backend = getattr(run, "backend", None)
     report = backend.report if backend is not None else None
     return {"variant": variant, "mode": "train" if training else "forward", "median_ms": median, "peak_mib": peak,

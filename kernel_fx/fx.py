@@ -40,7 +40,7 @@ from torch import fx, nn
 from .devices import Device
 from .errors import KernelFxError, KernelizeError
 from .forwards import Condition
-from .kernelize import _disabled, _label, _model_device, _Planner, _source
+from .kernelize import _disabled, _model_device, _Planner, repository_fields
 from .layers import layer_name_of
 from .modes import Mode, check_kernelize_mode
 from .report import Decision, Outcome, Reason, Rejected, Report
@@ -112,14 +112,11 @@ def graph_report(gm: fx.GraphModule) -> Report:
 def _substitute(gm: fx.GraphModule, node: fx.Node, module: nn.Module, layer_name: str, planner: _Planner,
                 condition: Condition, device: Device, call_index: int) -> Decision:
     def decision(outcome: Outcome, rejected: Rejected | None, slot: Any = None) -> Decision:
-        source = _source(slot.kernel) if slot is not None and outcome is not Outcome.ORIGINAL else None
-        repo = slot.repository if slot is not None else None
+        kernel = slot.kernel if slot is not None and outcome is not Outcome.ORIGINAL else None
         return Decision(
             path=str(node.target), layer_name=layer_name, module_class=type(module).__name__, device=str(device),
-            mode=str(condition.mode), outcome=outcome,
-            repository=str(source) if source else (_label(repo) if repo is not None else None),
-            variant=source.variant if source else None, rejected=rejected,
-            unpinned=bool(getattr(repo, "unpinned", False)), call_index=call_index, path_kind="fx",
+            mode=str(condition.mode), outcome=outcome, rejected=rejected, call_index=call_index, path_kind="fx",
+            **repository_fields(kernel, slot.repository if slot is not None else None),
         )
 
     if _disabled():

@@ -251,7 +251,6 @@ def _decisions(module: nn.Module, layer_name: str, slots: dict, device: Device) 
         groups.setdefault((slot.kernel, slot.repository, slot.rejected), []).append(condition)
     decisions = []
     for (kernel, repo, rejected), conditions in groups.items():
-        source = _source(kernel)
         decisions.append(
             Decision(
                 path="",
@@ -260,19 +259,23 @@ def _decisions(module: nn.Module, layer_name: str, slots: dict, device: Device) 
                 device=str(device),
                 mode="any" if len(conditions) == len(CONDITIONS) else ", ".join(str(c.mode) for c in conditions),
                 outcome=Outcome.ORIGINAL if kernel is None else Outcome.KERNEL,
-                repository=str(source) if source else (_label(repo) if repo is not None else None),
-                variant=source.variant if source else None,
                 rejected=rejected,
-                unpinned=bool(getattr(repo, "unpinned", False)),
+                **repository_fields(kernel, repo),
             )
         )
     return tuple(decisions)
 
 
-def _source(kernel: type | None):
+def repository_fields(kernel: type | None, repo: AnyRepository | None) -> dict[str, Any]:
+    """A decision's `repository`, `variant` and `unpinned`: where the kernel came from, when loaded."""
     from .hub.importer import source_of
 
-    return None if kernel is None else source_of(kernel)
+    source = None if kernel is None else source_of(kernel)
+    return {
+        "repository": str(source) if source else (_label(repo) if repo is not None else None),
+        "variant": source.variant if source else None,
+        "unpinned": bool(getattr(repo, "unpinned", False)),
+    }
 
 
 def _label(repo: AnyRepository) -> str:

@@ -71,7 +71,7 @@ from torch import fx
 from ..devices import Device
 from ..errors import KernelFxError, KernelizeError
 from ..forwards import Condition, installed_forward, original_forward
-from ..kernelize import _disabled, _label, _Planner, _source
+from ..kernelize import _disabled, _label, _Planner, repository_fields
 from ..modes import Mode, check_kernelize_mode
 from ..report import Decision, Outcome, Reason, Rejected, Report
 from . import boundary
@@ -346,11 +346,10 @@ class _Plan:
 
     def _decision(self, site: Site, slot: Any, outcome: Outcome, rejected: Rejected | None,
                   condition: Condition | None = None, device: Device | None = None, repository: str | None = None) -> Decision:
-        kernel = slot.kernel if slot is not None else None
-        repo = slot.repository if slot is not None else None
-        source = _source(kernel) if outcome is not Outcome.ORIGINAL else None
-        if repository is None and repo is not None:
-            repository = str(source) if source else _label(repo)
+        kernel = slot.kernel if slot is not None and outcome is not Outcome.ORIGINAL else None
+        fields = repository_fields(kernel, slot.repository if slot is not None else None)
+        if repository is not None:
+            fields["repository"] = repository
         return Decision(
             path=site.path,
             layer_name=site.layer_name,
@@ -358,12 +357,10 @@ class _Plan:
             device=str(device) if device is not None else (site.device.type if site.device is not None else "?"),
             mode=str(condition.mode) if condition is not None else "-",
             outcome=outcome,
-            repository=repository,
-            variant=source.variant if source else None,
             rejected=rejected,
-            unpinned=bool(getattr(repo, "unpinned", False)),
             call_index=site.call_index,
             path_kind="compiled",
+            **fields,
         )
 
 
