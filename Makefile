@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` runs the main job, `make test` the whole suite.
-.PHONY: demo test bootstrap
+# Both install the pinned versions of scripts/constraints.txt; `make test-latest` tries the newest releases.
+.PHONY: demo test test-latest lint bootstrap
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -9,3 +10,8 @@ demo: bootstrap
 
 test: bootstrap
 	.venv/bin/python -m pytest
+
+test-latest:
+	@bash scripts/bootstrap.sh --latest .venv-latest
+	.venv-latest/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|kernels|huggingface.hub|triton) '
+	.venv-latest/bin/python -m pytest

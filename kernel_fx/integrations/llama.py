@@ -12,8 +12,9 @@ installed, and never marks `LlamaMLP`; `mark_llama` marks both, for this process
 >>> model = LlamaForCausalLM(config)
 >>> with kernel_fx.use_kernel_mapping(llama_mapping()):
 ...     model = kernel_fx.kernelize(model, device="cpu")
->>> kernel_fx.report(model).summary()   # two norms, the attention and the MLP of the layer, and the final norm
-'5 sites: 5 kernel, 0 original'
+>>> report = kernel_fx.report(model)   # two norms, the attention and the MLP of the layer, and the final norm
+>>> sorted(d.path for d in report.decisions if d.uses_kernel)
+['model.layers.0.input_layernorm', 'model.layers.0.mlp', 'model.layers.0.post_attention_layernorm', 'model.layers.0.self_attn', 'model.norm']
 >>> model(torch.tensor([[1, 2, 3]])).logits.shape
 torch.Size([1, 3, 128])
 """
