@@ -2,6 +2,7 @@
 
     api         get_kernel, has_kernel, get_kernel_variants, load_kernel, get_local_kernel
     resolve     revision or version -> commit and variant names, from the cache or the Hub
+    revisions   what was asked for (`requested`) and what it pinned to (`Resolved`)
     remote      the Hub requests (through huggingface_hub) and what their failures mean
     cache       read-only look-ups in the huggingface_hub cache
     variants    build variant names, checked against this system, the preferred one chosen

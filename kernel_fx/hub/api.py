@@ -32,7 +32,8 @@ from .errors import KernelRepoNotFoundError, KernelRevisionNotFoundError
 from .importer import KernelSource, import_variant, imported, read_metadata
 from .integrity import check_digest
 from .local import get_local_kernel, load_local, local_variant_checks
-from .resolve import Resolved, fetch, resolve
+from .resolve import fetch, resolve
+from .revisions import Resolved
 from .trust import TrustSetting, check_trust_setting, check_trusted
 from .variants import SystemInfo, VariantCheck, check_variants, choose_variant, system_info
 

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 from . import cache, env
 from .errors import LockfileError, NotCachedError
 from .integrity import hash_files, verify_files
-from .resolve import Resolved, fetch, resolve
+from .resolve import fetch, resolve
+from .revisions import Resolved
 from .variants import SystemInfo, choose_variant
 
 if TYPE_CHECKING:

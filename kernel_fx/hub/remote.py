@@ -19,7 +19,7 @@ from .errors import (
     KernelRepoNotFoundError,
     KernelRevisionNotFoundError,
 )
-from .resolve import Resolved, announce_newer, requested
+from .revisions import Resolved, announce_newer, requested
 
 logger = logging.getLogger(__name__)
 

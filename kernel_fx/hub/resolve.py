@@ -7,49 +7,23 @@ Order of look-up:
 3. otherwise the Hub; when the Hub is unreachable or failing, a cached copy of the same revision
    is used with a warning, and without one the Hub's error is raised.
 
->>> str(Resolved("org/act", "kernel", "v1", "0123456789abcdef0123456789abcdef01234567", ("torch-cpu",)))
-'org/act@v1 (commit 0123456789ab)'
+The Hub requests themselves are in `remote`, imported only when needed; both share `revisions`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import cache, env
 from .errors import HubUnavailableError, NotCachedError
+from .revisions import Resolved, announce_newer, requested
 from .variants import SystemInfo, check_variant
 
 logger = logging.getLogger(__name__)
 
 # Hub kernel repos have repo type "kernel"; older ones are model repos.
 CACHE_REPO_TYPES = ("kernel", "model")
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A repo revision pinned to its commit, with the variant names known there."""
-
-    repo_id: str
-    repo_type: str
-    revision: str
-    commit: str
-    variants: tuple[str, ...]
-    from_cache: bool = False
-
-    def __str__(self) -> str:
-        if self.revision == self.commit:
-            return f"{self.repo_id}@{self.commit[:12]}"
-        return f"{self.repo_id}@{self.revision} (commit {self.commit[:12]})"
-
-
-def requested(revision: str | None, version: int | None) -> str:
-    """The revision a caller asked for, as a ref name: `v<N>`, the revision, or `main`."""
-    if version is not None:
-        return f"v{version}"
-    return revision or "main"
 
 
 def resolve(repo_id: str, *, revision: str | None, version: int | None, system: SystemInfo) -> Resolved:
@@ -128,17 +102,3 @@ def _cached_summary(root: Path, repo_id: str) -> str:
         return "nothing is cached for this repo"
     listed = ", ".join(str(v) for v in sorted(versions)) or "none"
     return f"cached versions: {listed}; cached branches and tags: {', '.join(sorted(refs))}"
-
-
-def announce_newer(repo_id: str, version: int, newest: int) -> None:
-    """Log, once per process and repo, that a version newer than the one requested exists."""
-    if newest > version:
-        _log_newer(repo_id, version, newest)
-
-
-@functools.lru_cache(maxsize=None)  # the cache is the "once": a repeated call does not log again
-def _log_newer(repo_id: str, version: int, newest: int) -> None:
-    logger.warning(
-        "kernel_fx: %s has a newer version (v%d) than the requested v%d; pass version=%d to use it.",
-        repo_id, newest, version, newest,
-    )

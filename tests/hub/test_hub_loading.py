@@ -78,7 +78,7 @@ def test_newer_version_is_logged_once(publish, caplog):
     repo = "kernels-community/logged-once"  # "once" is per process: a repo no other test asks for
     publish(repo, {"torch-cpu": "v1"}, branch="v1")
     publish(repo, {"torch-cpu": "v2"}, branch="v2")
-    with caplog.at_level(logging.WARNING, logger="kernel_fx.hub.resolve"):
+    with caplog.at_level(logging.WARNING, logger="kernel_fx.hub.revisions"):
         get_kernel(repo, version=1, backend="cpu")
         get_kernel(repo, version=1, backend="cpu")
     newer = [r.getMessage() for r in caplog.records if "newer version" in r.getMessage()]
