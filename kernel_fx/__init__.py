@@ -15,7 +15,8 @@ from .layers import (
 )
 from .mapping import register_kernel_mapping, use_kernel_mapping
 from .modes import Mode
-from .report import Decision, Outcome, Reason, Rejected, Report
+from .decisions import Decision, Outcome, Reason, Rejected
+from .report import Report
 from .repos import LayerRepository, LocalLayerRepository, LockedLayerRepository
 
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from .compile import boundary
+from . import markers
 from .errors import MappingError
 
 T = TypeVar("T")
@@ -99,7 +99,7 @@ def mark_forward(cls: type[nn.Module]) -> None:
     @functools.wraps(forward)
     def marked_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         if _is_dynamo_compiling():
-            return boundary.marked_call(forward, marked_forward, self, args, kwargs)
+            return markers.marked_call(forward, marked_forward, self, args, kwargs)
         return forward(self, *args, **kwargs)
 
     setattr(marked_forward, MARKED_ATTR, True)

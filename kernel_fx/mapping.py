@@ -23,7 +23,7 @@ from .devices import Device
 from .errors import MappingError
 from .modes import Mode, check_mapping_mode, fallback_chain
 from .repos import AnyRepository, check_repository
-from .report import Reason, Rejected
+from .decisions import Reason, Rejected
 
 # layer name -> device key -> mapping mode -> repository; never mutated in place (copy on write).
 KernelMapping = Mapping[str, Mapping[Device, Mapping[Mode, AnyRepository]]]

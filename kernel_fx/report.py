@@ -1,4 +1,5 @@
-"""What kernel_fx did, site by site, as data; rendered as text, markdown or JSON at the edge.
+"""What kernel_fx did, site by site: decisions and graph records gathered into a `Report`, and
+rendered as text, markdown or JSON at the edge. The vocabulary itself lives in `decisions`.
 
 >>> d = Decision(path="mlp.act", layer_name="SiluAndMul", module_class="SiluAndMul", device="cpu",
 ...              mode="INFERENCE", outcome=Outcome.ORIGINAL,
@@ -12,79 +13,15 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from enum import Enum
-from typing import IO, Any
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
 
+from .decisions import Decision, Outcome, Reason, Rejected
 
-class Outcome(str, Enum):
-    """What runs at a site."""
+if TYPE_CHECKING:
+    from .graph_records import GraphRecord, SiteDiff
 
-    KERNEL = "kernel"
-    OPAQUE_KERNEL = "opaque kernel"
-    ORIGINAL = "original"
-
-
-class Reason(str, Enum):
-    """Why a site does not run a kernel (in some or all of its conditions)."""
-
-    NO_MAPPING = "no mapping"
-    NO_DEVICE_ENTRY = "no entry for device"
-    CAPABILITY_OUT_OF_RANGE = "capability out of range"
-    CAPABILITY_UNAVAILABLE = "capability unavailable"
-    NO_MODE_ENTRY = "no entry for mode"
-    TRAINING_FALLBACK = "training fallback"
-    NOT_COMPILABLE = "not torch.compile-able"
-    LOAD_FAILED = "could not load"
-    VALIDATION_FAILED = "validation failed"
-    FILTERED = "filtered out"
-    DISABLED = "disabled"
-    # compile-only
-    AMBIGUOUS_BINDING = "ambiguous binding"
-    PARTIAL_REGION = "partial region"
-    NOT_TRACEABLE = "not traceable"
-    UNKNOWN_MODULE = "module not resolved"
-    ENCLOSED = "inside a substituted call"
-    SLOWER_THAN_ORIGINAL = "slower than original"  # autotune=True timed both
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A typed "no": the reason and the detail that explains it."""
-
-    reason: Reason
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.reason.value}: {self.detail}"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One site's outcome. `mode` names the conditions it covers, e.g. "INFERENCE" or "TRAINING"."""
-
-    path: str
-    layer_name: str
-    module_class: str
-    device: str
-    mode: str
-    outcome: Outcome
-    repository: str | None = None
-    variant: str | None = None
-    rejected: Rejected | None = None
-    unpinned: bool = False
-    call_index: int | None = None
-    path_kind: str = "eager"
-
-    @property
-    def uses_kernel(self) -> bool:
-        return self.outcome is not Outcome.ORIGINAL
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["outcome"] = self.outcome.value
-        data["rejected"] = None if self.rejected is None else {"reason": self.rejected.reason.value, "detail": self.rejected.detail}
-        return data
+__all__ = ["Decision", "Outcome", "Reason", "Rejected", "Report", "print_report"]  # the vocabulary, re-exported
 
 
 @dataclass
@@ -92,7 +29,7 @@ class Report:
     """Decisions of one kernelize call or one compiled graph (plus, for graphs, their records)."""
 
     decisions: list[Decision] = field(default_factory=list)
-    graphs: list[Any] = field(default_factory=list)
+    graphs: list[GraphRecord] = field(default_factory=list)
 
     def sites(self) -> list[tuple[str, int | None]]:
         return sorted({(d.path, d.call_index) for d in self.decisions}, key=lambda s: (s[0], s[1] or 0))
@@ -116,7 +53,7 @@ class Report:
         return {
             "summary": self.summary(),
             "decisions": [d.as_dict() for d in self.decisions],
-            "graphs": [g.as_dict() if hasattr(g, "as_dict") else g for g in self.graphs],
+            "graphs": [g.as_dict() for g in self.graphs],
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -152,17 +89,14 @@ class Report:
             raise ValueError(f"Report format {fmt!r} is not supported; use 'text' or 'markdown'.")
         tablefmt = "github" if fmt == "markdown" else "simple"
         parts = [self.table(tablefmt), self.summary()]
-        parts += [_render_graph(g, tablefmt, fmt, max_diff_lines) for g in self.graphs if hasattr(g, "op_delta")]
+        parts += [_render_graph(g, tablefmt, fmt, max_diff_lines) for g in self.graphs]
         return "\n\n".join(parts)
-
-    def to_markdown(self) -> str:
-        return self.render("markdown")
 
     def __str__(self) -> str:
         return self.render("text")
 
 
-def _render_graph(graph: Any, tablefmt: str, fmt: str, max_lines: int) -> str:
+def _render_graph(graph: GraphRecord, tablefmt: str, fmt: str, max_lines: int) -> str:
     from tabulate import tabulate
 
     title = f"graph {graph.index}" + (f" (compile {graph.compile_id})" if graph.compile_id else "")
@@ -172,16 +106,16 @@ def _render_graph(graph: Any, tablefmt: str, fmt: str, max_lines: int) -> str:
     parts = [("### " if fmt == "markdown" else "== ") + head]
     if rows:
         parts.append(tabulate(rows, headers=["op", "before", "after", "change"], tablefmt=tablefmt))
-    if getattr(graph, "autotune", None):
+    if graph.autotune:
         parts.append(_render_autotune(graph, tablefmt, fmt))
-    elif getattr(graph, "autotune_note", None):
+    elif graph.autotune_note:
         parts.append(f"autotune: {graph.autotune_note}")
-    for diff in getattr(graph, "site_diffs", []):
+    for diff in graph.site_diffs:
         parts.append(_render_site_diff(diff, fmt, max_lines))
     return "\n\n".join(parts)
 
 
-def _render_autotune(graph: Any, tablefmt: str, fmt: str) -> str:
+def _render_autotune(graph: GraphRecord, tablefmt: str, fmt: str) -> str:
     from tabulate import tabulate
 
     def ms(value: float | None) -> str:
@@ -211,8 +145,8 @@ def _clip(lines: tuple[str, ...], max_lines: int) -> list[str]:
     return [*lines[: max_lines - 1], f"... ({len(lines) - max_lines + 1} more)"]
 
 
-def _render_site_diff(diff: Any, fmt: str, max_lines: int) -> str:
-    title = f"{diff.path or '<root>'} #{diff.call_index} ({diff.layer_name}, {diff.how})"
+def _render_site_diff(diff: SiteDiff, fmt: str, max_lines: int) -> str:
+    title = f"{diff.path or '<root>'} #{diff.call_index} ({diff.layer_name}, {diff.how.value})"
     body = [f"- {line}" for line in _clip(diff.before, max_lines)] + [f"+ {line}" for line in _clip(diff.after, max_lines)]
     if fmt == "markdown":
         return f"**{title}**\n\n```diff\n" + "\n".join(body) + "\n```"

@@ -1,4 +1,5 @@
-"""The torch.compile backend: match (find regions, pure) -> rewrite (mutate) -> inner compiler.
+"""The graph paths: the torch.compile backend — find sites (pure) -> decide (checks) -> apply
+(the only mutator) -> inner compiler — and `graph_module` for a GraphModule.
 
 `torch.compile(model, backend="hubkernels")` finds it through the `torch_dynamo_backends` entry
 point. The names below load lazily: `import kernel_fx` must not import torch._dynamo.

@@ -9,7 +9,7 @@ compiled graph holds no reference to the model.
 >>> import torch
 >>> from torch import nn
 >>> norm = nn.LayerNorm(4)
->>> spec = CallSpec(ModuleTemplate.of(norm), args=(Slot(0),), kwargs=(), attrs=(("weight", 1), ("bias", 2)), output_spec=True)
+>>> spec = CallSpec(ModuleTemplate.of(norm), args=(InputRef(0),), kwargs=(), attrs=(("weight", 1), ("bias", 2)), output_spec=True)
 >>> this, args, kwargs = spec.bind((torch.ones(4), torch.full((4,), 2.0), torch.zeros(4)))
 >>> this.weight.tolist(), this.eps, args[0].shape
 ([2.0, 2.0, 2.0, 2.0], 1e-05, torch.Size([4]))
@@ -110,8 +110,13 @@ class StandIn:
         return f"<stand-in for {object.__getattribute__(self, '_template').cls.__name__}>"
 
 
+def named_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer of `module` (submodules' dotted), duplicates included."""
+    return [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+
+
 @dataclass(frozen=True)
-class Slot:
+class InputRef:
     """Position of a value in a call's flat inputs."""
 
     index: int
@@ -120,12 +125,12 @@ class Slot:
 def _fill(value: Any, flat: tuple) -> Any:
     if isinstance(value, tuple):
         return tuple(_fill(v, flat) for v in value)
-    return flat[value.index] if isinstance(value, Slot) else value
+    return flat[value.index] if isinstance(value, InputRef) else value
 
 
 @dataclass(frozen=True)
 class CallSpec:
-    """A kernel call as flat inputs: `args`/`kwargs` hold `Slot`s or constants; `attrs` maps
+    """A kernel call as flat inputs: `args`/`kwargs` hold `InputRef`s or constants; `attrs` maps
     stand-in attribute names (dotted for submodules) to slots; `output_spec` is True for one
     tensor, or a tuple of booleans (tensor or None) for a tuple output."""
 

@@ -14,7 +14,7 @@ from torch import nn
 import kernel_fx
 from kernel_fx import HubKernelsBackend, Outcome, Reason, use_kernel_mapping
 from kernel_fx.compile import autotune
-from kernel_fx.compile.backend import BackendOptionError
+from kernel_fx.compile.options import BackendOptionError
 
 
 @kernel_fx.use_kernel_forward_from_hub("Relu50")
@@ -115,8 +115,8 @@ def test_identical_calls_are_timed_once(mapping, monkeypatch):
         kept_alive.extend(n.name for n in needed)
         return run(gm, example_inputs, needed)
 
-    run = autotune._run_graph
-    monkeypatch.setattr(autotune, "_run_graph", run_graph)
+    run = autotune.run_graph
+    monkeypatch.setattr(autotune, "run_graph", run_graph)
 
     backend = HubKernelsBackend(inner=inner, autotune=True)
     with use_kernel_mapping(mapping(Relu50=ONE_RELU)), torch.no_grad():
@@ -230,7 +230,7 @@ def test_what_cannot_be_timed_keeps_its_kernel_with_a_note(mapping, monkeypatch)
         assert result.kept and result.kernel_ms is None and result.note == "not timed (RuntimeError: no timer)"
         assert "not timed (RuntimeError: no timer)" in backend.report.render()
 
-        monkeypatch.setattr(autotune, "_run_graph", broken)
+        monkeypatch.setattr(autotune, "run_graph", broken)
         torch._dynamo.reset()
         torch.compile(nn.Sequential(Scale()).eval(), backend=backend)(torch.randn(4, 8))
     second = backend.records[1]

@@ -14,7 +14,7 @@ from torch import nn
 
 import kernel_fx
 from kernel_fx import HubKernelsBackend, Mode, Outcome, Reason, use_kernel_mapping
-from kernel_fx.compile.backend import BackendOptionError
+from kernel_fx.compile.options import BackendOptionError
 
 
 def _run(code: str) -> str:

@@ -7,7 +7,7 @@ from helpers_compile import ADD_NORM, MIX, Block, scale_source
 from helpers_compile import mapping, seeded  # noqa: F401 - fixtures
 
 from kernel_fx import Outcome, Reason, use_kernel_mapping
-from kernel_fx.fx import graph_report, kernelize_graph, symbolic_trace
+from kernel_fx.compile.graph_module import graph_report, kernelize_graph, symbolic_trace
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -11,7 +11,7 @@ from torch import nn
 
 import kernel_fx
 from kernel_fx import HubKernelsBackend, Outcome, Report, use_kernel_mapping
-from kernel_fx.compile.records import GraphRecord
+from kernel_fx.graph_records import GraphRecord
 
 
 def _compiled_block(mapping, **compile_kwargs):

@@ -1,5 +1,6 @@
-"""The FX path, for users who want a `GraphModule`: trace with extensible modules kept as
-`call_module` leaves, then substitute kernels on those nodes.
+"""The GraphModule path, for users who want a `GraphModule` rather than torch.compile: trace with
+extensible modules kept as `call_module` leaves, then substitute kernels on those nodes, planned by
+the same `Planner` and recorded in the same `Report` as the other paths.
 
 >>> import torch
 >>> from torch import nn
@@ -37,13 +38,17 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
-from .devices import Device
-from .errors import KernelFxError, KernelizeError
-from .forwards import Condition
-from .kernelize import _disabled, _model_device, _Planner, repository_fields
-from .layers import layer_name_of
-from .modes import Mode, check_kernelize_mode
-from .report import Decision, Outcome, Reason, Rejected, Report
+from ..decisions import DISABLED, Decision, Outcome, Reason, Rejected, raise_unless_allowed
+from ..devices import Device
+from ..errors import KernelFxError
+from ..forwards import Condition
+from ..graph_records import GraphRecord, GraphSnapshot
+from ..kernelize import model_device
+from ..layers import layer_name_of
+from ..modes import Mode, check_kernelize_mode
+from ..planner import KernelPlan, Planner, build_decision, is_disabled
+from ..report import Report
+from .standin import ModuleTemplate, StandIn, named_tensors
 
 REPORT_KEY = "kernel_fx_report"
 
@@ -69,12 +74,10 @@ def kernelize_graph(gm: fx.GraphModule, *, mode: Mode | None = None, device: str
     Decided once, like `kernelize(..., mode=...)`: `mode` defaults to TRAINING when `gm` is
     training, else INFERENCE. The record is `graph_report(gm)`.
     """
-    from .compile.records import GraphRecord, GraphSnapshot
-
     start = time.perf_counter()
     mode = check_kernelize_mode(mode if mode is not None else (Mode.TRAINING if gm.training else Mode.INFERENCE))
-    target_device = Device.parse(device if device is not None else _model_device(gm))
-    planner = _Planner(target_device, None)
+    target_device = Device.parse(device if device is not None else model_device(gm))
+    planner = Planner(target_device, None)
     condition = Condition.static(mode)
     before = GraphSnapshot.of(gm, keep=True)
     decisions = []
@@ -89,9 +92,9 @@ def kernelize_graph(gm: fx.GraphModule, *, mode: Mode | None = None, device: str
         index = calls.get(str(node.target), 0)
         calls[str(node.target)] = index + 1
         decision = _substitute(gm, node, module, layer_name, planner, condition, target_device, index)
-        if not use_fallback and decision.outcome is Outcome.ORIGINAL and decision.rejected is not None \
-                and decision.rejected.reason not in (Reason.NO_MAPPING, Reason.DISABLED):
-            raise KernelizeError(f"Cannot kernelize {node.target} (layer {layer_name!r}) in mode {mode!s}: {decision.rejected}.")
+        if not use_fallback and decision.outcome is Outcome.ORIGINAL:
+            raise_unless_allowed(decision.rejected, f"{node.target} (layer {layer_name!r}) in mode {mode!s}",
+                                 "Pass use_fallback=True to keep the original forward.")
         decisions.append(decision)
     gm.graph.lint()
     gm.recompile()
@@ -105,49 +108,45 @@ def graph_report(gm: fx.GraphModule) -> Report:
     """The report of the last `kernelize_graph(gm)`."""
     report = gm.meta.get(REPORT_KEY)
     if report is None:
-        raise KernelFxError("This GraphModule has not been through kernel_fx.fx.kernelize_graph yet.")
+        raise KernelFxError("This GraphModule has not been through kernel_fx.compile.graph_module.kernelize_graph yet.")
     return report
 
 
-def _substitute(gm: fx.GraphModule, node: fx.Node, module: nn.Module, layer_name: str, planner: _Planner,
+def _substitute(gm: fx.GraphModule, node: fx.Node, module: nn.Module, layer_name: str, planner: Planner,
                 condition: Condition, device: Device, call_index: int) -> Decision:
-    def decision(outcome: Outcome, rejected: Rejected | None, slot: Any = None) -> Decision:
-        kernel = slot.kernel if slot is not None and outcome is not Outcome.ORIGINAL else None
-        return Decision(
+    def decision(outcome: Outcome, rejected: Rejected | None, plan: KernelPlan | None = None) -> Decision:
+        return build_decision(
             path=str(node.target), layer_name=layer_name, module_class=type(module).__name__, device=str(device),
-            mode=str(condition.mode), outcome=outcome, rejected=rejected, call_index=call_index, path_kind="fx",
-            **repository_fields(kernel, slot.repository if slot is not None else None),
+            mode=str(condition.mode), outcome=outcome, plan=plan, rejected=rejected, call_index=call_index, path_kind="fx",
         )
 
-    if _disabled():
-        return decision(Outcome.ORIGINAL, Rejected(Reason.DISABLED, "KERNEL_FX_DISABLE is set"))
-    slot = planner.slot(module, layer_name, condition)
-    if slot.kernel is None:
-        return decision(Outcome.ORIGINAL, slot.rejected, slot)
-    traced = _traced(gm, node, module, slot.kernel.forward)
+    if is_disabled():
+        return decision(Outcome.ORIGINAL, DISABLED)
+    plan = planner.plan(module, layer_name, condition)
+    if plan.kernel is None:
+        return decision(Outcome.ORIGINAL, plan.rejected, plan)
+    traced = _traced(gm, node, module, plan.kernel.forward)
     if isinstance(traced, Exception):
         with gm.graph.inserting_before(node):
-            replacement = gm.graph.call_function(BoundKernel(slot.kernel.forward, module, layer_name), node.args, node.kwargs)
+            replacement = gm.graph.call_function(BoundKernel(plan.kernel.forward, module, layer_name), node.args, node.kwargs)
         outcome, rejected = Outcome.OPAQUE_KERNEL, Rejected(
             Reason.NOT_TRACEABLE, f"FX could not trace the kernel ({type(traced).__name__}: {traced}); it runs as one call")
     else:
         replacement, outcome, rejected = traced, Outcome.KERNEL, None
     node.replace_all_uses_with(replacement)
     gm.graph.erase_node(node)
-    return decision(outcome, rejected, slot)
+    return decision(outcome, rejected, plan)
 
 
 def _traced(gm: fx.GraphModule, node: fx.Node, module: nn.Module, forward: Callable[..., Any]) -> fx.Node | Exception:
     """The kernel's forward traced into `gm` before `node`; on failure, what went wrong (the
     graph is left as it was)."""
-    from .compile.standin import ModuleTemplate, StandIn
-
     graph = gm.graph
     tracer = fx.proxy.GraphAppendingTracer(graph)
     first_new = node.prev
     try:
         with graph.inserting_before(node):
-            values = {name: fx.Proxy(graph.get_attr(f"{node.target}.{name}"), tracer) for name, _ in _named_tensors(module)}
+            values = {name: fx.Proxy(graph.get_attr(f"{node.target}.{name}"), tracer) for name, _ in named_tensors(module)}
             this = StandIn(ModuleTemplate.of(module), values)
             args = fx.node.map_aggregate(node.args, lambda a: fx.Proxy(a, tracer) if isinstance(a, fx.Node) else a)
             kwargs = fx.node.map_aggregate(node.kwargs, lambda a: fx.Proxy(a, tracer) if isinstance(a, fx.Node) else a)
@@ -156,10 +155,6 @@ def _traced(gm: fx.GraphModule, node: fx.Node, module: nn.Module, forward: Calla
     except Exception as exc:  # noqa: BLE001 - control flow on proxies and the like: fall back to one call
         _erase_between(graph, first_new, node)
         return exc
-
-
-def _named_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
 
 
 def _as_node(graph: fx.Graph, out: Any) -> fx.Node:

@@ -1,6 +1,6 @@
 """Find the sites in a graph dynamo traced: one per call of an extensible module. Mutates nothing.
 
-A call of a marked forward (see `boundary`) lies between its enter and exit markers, which say
+A call of a marked forward (see `kernel_fx.markers`) lies between its enter and exit markers, which say
 exactly which graph value is which argument and output. A call of a class marked only by its
 `kernel_layer_name` (e.g. by the Hugging Face `kernels` package) is found by grouping nodes on
 their `nn_module_stack`, and binds only when the forward takes one tensor and returns one.
@@ -17,87 +17,107 @@ from __future__ import annotations
 
 import inspect
 import operator
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 import torch
 from torch import fx, nn
 
+from .. import markers
+from ..decisions import Reason, Rejected
 from ..layers import layer_name_of, original_signature
-from ..report import Reason, Rejected
-from . import boundary
-
-_ROOT = re.compile(r"^(L|G)\['([^']+)'\]")
-_STEP = re.compile(r"\.([A-Za-z_0-9]+)|\[(\d+)\]|\['([^']+)'\]")
-_NOISE = re.compile(r"\._(?:modules|parameters|buffers)\[(['\"])([^'\"\]]+)\1\]")
+from .frame import FrameInfo, display_path
+from .standin import named_tensors
 
 
-@dataclass(frozen=True)
-class FrameInfo:
-    """What the backend knows of the frame dynamo traced: its locals and globals (to find modules
-    by the paths in `nn_module_stack`) and the module calls still open when the graph was cut."""
+class SiteIdentity(NamedTuple):
+    """Which call a site is: the module (None when it cannot be found), its class and layer name,
+    its path for the report, and its `nn_module_stack` key `(key, source path)`."""
 
-    locals: Mapping[str, Any] = field(default_factory=dict)
-    globals: Mapping[str, Any] = field(default_factory=dict)
-    open_keys: frozenset[str] = frozenset()
-
-    def resolve(self, path: str) -> Any:
-        """The object at a dynamo source path such as `L['self'].layers.0.mlp`, or None."""
-        match = _ROOT.match(path)
-        if match is None:
-            return None
-        scope = self.locals if match.group(1) == "L" else self.globals
-        if match.group(2) not in scope:
-            return None
-        obj = scope[match.group(2)]
-        rest = path[match.end():]
-        while rest:
-            step = _STEP.match(rest)
-            if step is None:
-                return None
-            attr, index, key = step.groups()
-            try:
-                obj = getattr(obj, attr) if attr is not None else obj[int(index)] if index is not None else obj[key]
-            except (AttributeError, IndexError, KeyError, TypeError):
-                return None
-            rest = rest[step.end():]
-        return obj
-
-
-@dataclass(frozen=True)
-class Site:
-    """One call of an extensible module in a graph, and how its region binds to the forward.
-
-    `args`/`kwargs` hold graph nodes (tensor and symbolic values) or constants, in the forward's
-    call order; `outputs` holds, per tensor output, the node whose uses take the kernel's output
-    (None when unused); `tensors` and `scalars` are the module's own parameters/buffers and
-    dynamic float attributes as graph values. `problem` is set when the site cannot be bound.
-    """
-
-    start: int
-    end: int
     module: nn.Module | None
     module_class: str
     layer_name: str
     path: str
     key: tuple[str, str] | None
-    marked: bool
-    nodes: tuple[fx.Node, ...]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """How a call's region binds to the forward: `args`/`kwargs` hold graph nodes (tensor and
+    symbolic values) or constants in the forward's call order; `outputs` holds, per tensor output,
+    the node whose uses take the kernel's output (None when unused); `output_spec` is True for one
+    tensor or a tuple of booleans (tensor or None); `tensors` and `scalars` are the module's own
+    parameters/buffers and dynamic float attributes as graph values."""
+
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     outputs: tuple[fx.Node | None, ...] = ()
     output_spec: Any = True
     tensors: Mapping[str, fx.Node] = field(default_factory=dict)
     scalars: Mapping[str, fx.Node] = field(default_factory=dict)
-    training: bool = False
-    needs_grad: bool = False
-    autocast: bool = False
-    device: torch.device | None = None
+
+    def read_nodes(self) -> list[fx.Node]:
+        """The graph values a substitution reads: arguments, then the module's own tensors and scalars."""
+        values = [*self.args, *self.kwargs.values(), *self.tensors.values(), *self.scalars.values()]
+        flat = [x for v in values for x in (v if isinstance(v, tuple) else (v,))]
+        return [v for v in flat if isinstance(v, fx.Node)]
+
+
+class CallContext(NamedTuple):
+    """Under what the call ran: module.training, whether autograd records through it, autocast, device."""
+
+    training: bool
+    needs_grad: bool
+    autocast: bool
+    device: torch.device | None
+
+
+@dataclass(frozen=True)
+class Site:
+    """One call of an extensible module in a graph: which (`identity`), where (`start`..`end`,
+    `nodes`; `marked` when between markers), how it binds (`binding`, None when it cannot) and
+    under what (`context`). `problem` says why it cannot be substituted; `call_index` counts the
+    module's calls in the graph; `enclosing` is the index of the site this one lies inside."""
+
+    identity: SiteIdentity
+    start: int
+    end: int
+    nodes: tuple[fx.Node, ...]
+    marked: bool
+    context: CallContext
+    binding: Binding | None = None
     problem: Rejected | None = None
     call_index: int = 0
     enclosing: int | None = None
+
+    @property
+    def module(self) -> nn.Module | None:
+        return self.identity.module
+
+    @property
+    def layer_name(self) -> str:
+        return self.identity.layer_name
+
+    @property
+    def module_class(self) -> str:
+        return self.identity.module_class
+
+    @property
+    def path(self) -> str:
+        return self.identity.path
+
+    @property
+    def needs_grad(self) -> bool:
+        return self.context.needs_grad
+
+    @property
+    def device(self) -> torch.device | None:
+        return self.context.device
+
+    @property
+    def outputs(self) -> tuple[fx.Node | None, ...]:
+        return self.binding.outputs if self.binding is not None else ()
 
 
 def find_sites(gm: fx.GraphModule, example_inputs: Sequence[Any], frame: FrameInfo) -> list[Site]:
@@ -105,7 +125,7 @@ def find_sites(gm: fx.GraphModule, example_inputs: Sequence[Any], frame: FrameIn
     nodes = list(gm.graph.nodes)
     graph = _GraphIndex(gm, nodes, example_inputs, frame)
     marked = _marked_sites(graph)
-    taken = {s.key for s in marked if s.key is not None}
+    taken = {s.identity.key for s in marked if s.identity.key is not None}
     sites = marked + _unmarked_sites(graph, taken)
     sites.sort(key=lambda s: (s.start, -s.end))
     return _with_nesting(sites)
@@ -134,7 +154,7 @@ class _GraphIndex:
 
     def module_tensors(self, module: nn.Module) -> dict[str, fx.Node]:
         found = {}
-        for name, tensor in _named_tensors(module):
+        for name, tensor in named_tensors(module):
             node = self.tensor_node.get(id(tensor))
             if node is not None:
                 found[name] = node
@@ -146,10 +166,6 @@ def _get_attr(gm: fx.GraphModule, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part, None)
     return obj
-
-
-def _named_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
 
 
 def _source_name(source: Any) -> str | None:
@@ -169,7 +185,7 @@ def _scalar_attrs(placeholders: list[fx.Node], frame: FrameInfo) -> tuple[dict[i
         if source is None or type(source).__name__ != "AttrSource" or not getattr(grapharg, "pass_arg_as_tensor", False):
             continue
         base = _source_name(getattr(source, "base", None))
-        owner = frame.resolve(normalize_path(base)) if base else None
+        owner = frame.resolve(base) if base else None
         if not isinstance(owner, nn.Module):
             continue
         placeholders_used.add(node)
@@ -195,41 +211,25 @@ def _autocast_nodes(nodes: list[fx.Node]) -> set[fx.Node]:
     return inside
 
 
-def normalize_path(path: str) -> str:
-    """Dynamo's source name in `nn_module_stack` spelling: `._modules['a']` -> `.a`."""
-    return _NOISE.sub(r".\2", path)
-
-
-def display_path(path: str) -> str:
-    """`L['self'].layers.0.mlp` -> `layers.0.mlp`; `G['model'].norm` -> `model.norm`.
-
-    The compiled module itself is `L['self']`, or `L['fn']` when dynamo starts in a wrapper.
-    """
-    match = _ROOT.match(path)
-    if match is None:
-        return path
-    rest = path[match.end():]
-    return rest.lstrip(".") if match.group(1) == "L" and match.group(2) in ("self", "fn") else match.group(2) + rest
-
-
 def _stack(node: fx.Node) -> dict[str, tuple[str, type]]:
     return node.meta.get("nn_module_stack") or {}
 
 
-def _example(node: Any) -> Any:
+def example_value(node: Any) -> Any:
+    """The example (fake) value dynamo recorded for a node; constants are their own example."""
     return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, fx.Node) else node
 
 
 def _first_device(values: Sequence[Any]) -> torch.device | None:
     for value in values:
-        example = _example(value)
+        example = example_value(value)
         if isinstance(example, torch.Tensor):
             return example.device
     return None
 
 
-def _requires_grad(values: Sequence[Any]) -> bool:
-    return any(isinstance(e, torch.Tensor) and e.requires_grad for e in map(_example, values))
+def requires_grad(values: Sequence[Any]) -> bool:
+    return any(isinstance(e, torch.Tensor) and e.requires_grad for e in map(example_value, values))
 
 
 # -- marked calls ---------------------------------------------------------------------------------
@@ -239,9 +239,9 @@ def _marked_sites(graph: _GraphIndex) -> list[Site]:
     sites: list[Site] = []
     open_enters: list[fx.Node] = []
     for node in graph.nodes:
-        if node.op != "call_function" or not boundary.is_marker(node.target):
+        if node.op != "call_function" or not markers.is_marker(node.target):
             continue
-        if node.target is boundary.enter:
+        if node.target is markers.enter:
             open_enters.append(node)
             continue
         token = node.args[0][0]
@@ -257,7 +257,7 @@ def _marked_sites(graph: _GraphIndex) -> list[Site]:
     return sites
 
 
-def _identity(graph: _GraphIndex, marker: fx.Node) -> dict[str, Any]:
+def _identity(graph: _GraphIndex, marker: fx.Node) -> SiteIdentity:
     """The module a marker belongs to: the innermost call on its nn_module_stack, found by path
     in the compiled frame and checked by id. (The marker does not carry the module: dynamo
     would guard on its identity.)"""
@@ -268,39 +268,41 @@ def _identity(graph: _GraphIndex, marker: fx.Node) -> dict[str, Any]:
         module = None
     layer_name = layer_name_of(module if module is not None else cls)  # type: ignore[arg-type]
     name = type(module).__name__ if module is not None else getattr(cls, "__name__", "?")
-    if marker.target is boundary.enter:
+    if marker.target is markers.enter:
         _token, _training, _names, marked_class, layer_name = marker.args[0]
-        if module is None or boundary.class_name(type(module)) != marked_class:
+        if module is None or markers.class_name(type(module)) != marked_class:
             # no such module, or the innermost call is another module's: this forward was called directly
             module, name = None, marked_class.rsplit(".", 1)[-1]
-            if not (cls is not None and boundary.class_name(cls) == marked_class):
+            if not (cls is not None and markers.class_name(cls) == marked_class):
                 key = None
-    return {
-        "module": module,
-        "module_class": name,
-        "layer_name": layer_name or "?",
-        "path": display_path(path) if key is not None else f"<{name}>",
-        "key": (key, path) if key is not None else None,
-    }
+    return SiteIdentity(
+        module=module,
+        module_class=name,
+        layer_name=layer_name or "?",
+        path=display_path(path) if key is not None else f"<{name}>",
+        key=(key, path) if key is not None else None,
+    )
 
 
-def _unresolved(ident: dict[str, Any]) -> Rejected:
-    where = f"at {ident['key'][1]}" if ident["key"] else "(its forward was called directly, not through the module)"
+def _unresolved(identity: SiteIdentity) -> Rejected:
+    where = f"at {identity.key[1]}" if identity.key else "(its forward was called directly, not through the module)"
     return Rejected(Reason.UNKNOWN_MODULE, f"cannot find the module {where} in the compiled frame")
 
 
+_NO_CONTEXT = CallContext(training=False, needs_grad=False, autocast=False, device=None)
+
+
 def _partial(graph: _GraphIndex, marker: fx.Node, why: str) -> Site:
-    ident = _identity(graph, marker)
     i = graph.position[marker]
     return Site(
-        start=i, end=i, marked=True, nodes=(marker,), **ident,
+        identity=_identity(graph, marker), start=i, end=i, nodes=(marker,), marked=True, context=_NO_CONTEXT,
         problem=Rejected(Reason.PARTIAL_REGION, f"only part of the call is in this graph: {why}"),
     )
 
 
 def _marked(graph: _GraphIndex, enter: fx.Node, exit_: fx.Node) -> Site:
-    ident = _identity(graph, enter)
-    module = ident["module"]
+    identity = _identity(graph, enter)
+    module = identity.module
     start, end = graph.position[enter], graph.position[exit_]
     nodes = tuple(graph.nodes[start : end + 1])
     _token, training, names, _class, _layer = enter.args[0]
@@ -309,7 +311,7 @@ def _marked(graph: _GraphIndex, enter: fx.Node, exit_: fx.Node) -> Site:
     kwargs: dict[str, Any] = {}
     problem = None
     for key, kind in names:
-        if kind == boundary.UNSUPPORTED:
+        if kind == markers.UNSUPPORTED:
             problem = Rejected(Reason.AMBIGUOUS_BINDING, f"argument {key!r} is neither a tensor nor a constant the graph can carry")
             value = None
         elif isinstance(kind, tuple):  # a tuple of tensors
@@ -331,17 +333,17 @@ def _marked(graph: _GraphIndex, enter: fx.Node, exit_: fx.Node) -> Site:
     if strays and problem is None:
         problem = Rejected(Reason.PARTIAL_REGION, f"nodes from outside the call lie between its markers: {', '.join(n.name for n in strays[:3])}")
     if module is None:
-        problem = _unresolved(ident)
+        problem = _unresolved(identity)
     results = exit_.args[1:]
-    return Site(
-        start=start, end=end, marked=True, nodes=nodes, **ident,
+    binding = Binding(
         args=tuple(args), kwargs=kwargs, outputs=tuple(outputs), output_spec=exit_.args[0][1],
         tensors=graph.module_tensors(module) if module is not None else {},
         scalars=graph.scalars.get(id(module), {}),
-        training=bool(training), needs_grad=bool(training) or _requires_grad(results),
-        autocast=enter in graph.in_autocast, device=_first_device([*results, *enter.args[1:]]),
-        problem=problem,
     )
+    context = CallContext(training=bool(training), needs_grad=bool(training) or requires_grad(results),
+                          autocast=enter in graph.in_autocast, device=_first_device([*results, *enter.args[1:]]))
+    return Site(identity=identity, start=start, end=end, nodes=nodes, marked=True, context=context,
+                binding=binding, problem=problem)
 
 
 # -- calls found by their nn_module_stack ---------------------------------------------------------
@@ -368,37 +370,45 @@ def _unmarked(graph: _GraphIndex, key: tuple[str, str], nodes: list[fx.Node], cl
         module = None
     start, end = graph.position[nodes[0]], graph.position[nodes[-1]]
     members = set(nodes)
-    site = dict(
-        start=start, end=end, module=module, module_class=cls.__name__,
-        layer_name=layer_name_of(module if module is not None else cls) or "?",  # type: ignore[arg-type]
-        path=display_path(key[1]), key=key, marked=False, nodes=tuple(nodes),
-        autocast=nodes[0] in graph.in_autocast,
-    )
+    identity = SiteIdentity(module=module, module_class=cls.__name__,
+                            layer_name=layer_name_of(module if module is not None else cls) or "?",  # type: ignore[arg-type]
+                            path=display_path(key[1]), key=key)
+
+    def site(context: CallContext, binding: Binding | None = None, problem: Rejected | None = None) -> Site:
+        return Site(identity, start, end, tuple(nodes), False, context, binding, problem)
+
+    autocast = nodes[0] in graph.in_autocast
     if module is None:
-        return Site(**site, problem=Rejected(Reason.UNKNOWN_MODULE, f"cannot find the module at {key[1]} in the compiled frame"))
+        return site(CallContext(False, False, autocast, None), problem=Rejected(Reason.UNKNOWN_MODULE, f"cannot find the module at {key[1]} in the compiled frame"))
     tensors = graph.module_tensors(module)
     tensor_nodes = set(tensors.values())
     inputs = [a for n in nodes for a in n.all_input_nodes if a not in members]
     activations = list(dict.fromkeys(
         a for a in inputs
-        if a not in tensor_nodes and a not in graph.scalar_placeholders and isinstance(_example(a), torch.Tensor)
+        if a not in tensor_nodes and a not in graph.scalar_placeholders and isinstance(example_value(a), torch.Tensor)
     ))
-    leaving = [n for n in nodes if isinstance(_example(n), torch.Tensor) and any(u not in members for u in n.users)]
-    site.update(tensors=tensors, scalars=graph.scalars.get(id(module), {}), training=module.training,
-                needs_grad=module.training or _requires_grad(leaving), device=_first_device(leaving or activations))
-    problem = None
-    if key[0] in graph.frame.open_keys:
-        problem = Rejected(Reason.PARTIAL_REGION, "the graph was cut inside this call (nested graph break)")
-    elif any(n not in members and n.op != "placeholder" for n in graph.nodes[start : end + 1]):
-        problem = Rejected(Reason.PARTIAL_REGION, "the call's nodes are interleaved with other code")
-    elif not _single_input(module):
-        params = ", ".join(list(original_signature(module).parameters)[1:])
-        problem = Rejected(Reason.AMBIGUOUS_BINDING, f"forward({params}) is not one tensor in, and the call was not marked by use_kernel_forward_from_hub")
-    elif len(activations) != 1 or len(leaving) != 1:
-        problem = Rejected(Reason.AMBIGUOUS_BINDING, f"the region has {len(activations)} tensor inputs and {len(leaving)} tensor outputs besides the module's own; one of each binds")
+    leaving = [n for n in nodes if isinstance(example_value(n), torch.Tensor) and any(u not in members for u in n.users)]
+    context = CallContext(training=module.training, needs_grad=module.training or requires_grad(leaving),
+                          autocast=autocast, device=_first_device(leaving or activations))
+    own = Binding(tensors=tensors, scalars=graph.scalars.get(id(module), {}))
+    problem = _unmarked_problem(graph, key, module, members, start, end, activations, leaving)
     if problem is not None:
-        return Site(**site, problem=problem)
-    return Site(**site, args=(activations[0],), outputs=(leaving[0],), output_spec=True)
+        return site(context, own, problem)
+    return site(context, replace(own, args=(activations[0],), outputs=(leaving[0],)))
+
+
+def _unmarked_problem(graph: _GraphIndex, key: tuple[str, str], module: nn.Module, members: set[fx.Node], start: int, end: int,
+                      activations: list[fx.Node], leaving: list[fx.Node]) -> Rejected | None:
+    if key[0] in graph.frame.open_keys:
+        return Rejected(Reason.PARTIAL_REGION, "the graph was cut inside this call (nested graph break)")
+    if any(n not in members and n.op != "placeholder" for n in graph.nodes[start : end + 1]):
+        return Rejected(Reason.PARTIAL_REGION, "the call's nodes are interleaved with other code")
+    if not _single_input(module):
+        params = ", ".join(list(original_signature(module).parameters)[1:])
+        return Rejected(Reason.AMBIGUOUS_BINDING, f"forward({params}) is not one tensor in, and the call was not marked by use_kernel_forward_from_hub")
+    if len(activations) != 1 or len(leaving) != 1:
+        return Rejected(Reason.AMBIGUOUS_BINDING, f"the region has {len(activations)} tensor inputs and {len(leaving)} tensor outputs besides the module's own; one of each binds")
+    return None
 
 
 def _single_input(module: nn.Module) -> bool:
@@ -410,8 +420,6 @@ def _single_input(module: nn.Module) -> bool:
 
 
 def _with_nesting(sites: list[Site]) -> list[Site]:
-    from dataclasses import replace
-
     result: list[Site] = []
     calls: dict[int, int] = {}
     stack: list[int] = []

@@ -1,4 +1,7 @@
-"""The exact call boundary of a marked forward, as dynamo traces it for the hubkernels backend.
+"""The markers: the exact call boundary of a marked forward, as dynamo traces it for hubkernels.
+
+Three jobs, one vocabulary: emit them while dynamo traces (`marked_call`), recognise them in a
+graph (`is_marker`, `value_kinds`, `class_name`), and strip them (`strip_markers`).
 
 `use_kernel_forward_from_hub` wraps the forward of the class it decorates. In eager the wrapper
 only calls the original forward. When dynamo traces it for the hubkernels backend, the call is
@@ -23,10 +26,11 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 from typing import Any, Callable
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 # Set on the hubkernels backend function and on HubKernelsBackend: how a trace recognises them.
 BACKEND_ATTR = "_kernel_fx_hubkernels"
@@ -164,3 +168,27 @@ def _marked_output(token: int, out: Any) -> Any:
         routed = iter(exit((token, spec), *[o for o in out if o is not None]))
         return tuple(next(routed) if is_tensor else None for is_tensor in spec)
     return out  # no exit marker: the backend sees an unclosed call and leaves it alone
+
+
+def strip_markers(graph: fx.Graph) -> None:
+    """Remove every marker left in `graph` (calls not substituted, partial calls): users of a
+    marker's aliases read the marker's inputs again."""
+    markers = [n for n in graph.nodes if n.op == "call_function" and is_marker(n.target)]
+    unalias(graph, markers)
+    for marker in reversed(markers):
+        if not marker.users:
+            graph.erase_node(marker)
+
+
+def unalias(graph: fx.Graph, markers: list[fx.Node]) -> None:
+    """Let every user of a marker's alias read the marker's input instead."""
+    for marker in markers:
+        if marker.target is enter:
+            kinds = value_kinds(marker.args[0][2])
+            sources = [v for kind, v in zip(kinds, marker.args[1:]) if kind == TENSOR]
+        else:
+            sources = list(marker.args[1:])
+        for user in list(marker.users):
+            if user.op == "call_function" and user.target is operator.getitem and isinstance(user.args[1], int):
+                user.replace_all_uses_with(sources[user.args[1]])
+                graph.erase_node(user)

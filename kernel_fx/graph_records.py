@@ -18,12 +18,13 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from torch import fx
 
-from ..report import Decision
-from . import boundary
+from . import markers
+from .decisions import Decision
 
 
 def target_name(node: fx.Node) -> str:
@@ -51,10 +52,10 @@ def _op_nodes(gm: fx.GraphModule) -> list[fx.Node]:
 def _is_marker_node(node: fx.Node) -> bool:
     if node.op != "call_function":
         return False
-    if boundary.is_marker(node.target):
+    if markers.is_marker(node.target):
         return True
     source = node.args[0] if node.target is operator.getitem and node.args else None
-    return isinstance(source, fx.Node) and source.op == "call_function" and boundary.is_marker(source.target)
+    return isinstance(source, fx.Node) and source.op == "call_function" and markers.is_marker(source.target)
 
 
 def _arg(value: Any) -> str:
@@ -77,19 +78,27 @@ def op_lines(nodes: Any) -> tuple[str, ...]:
     return tuple(lines)
 
 
+class SubstitutionKind(str, Enum):
+    """How a kernel was put into a graph at one site."""
+
+    TRACED = "traced"  # the kernel's forward traced to aten ops and copied in (fusable)
+    CALL = "call"  # one node calling the kernel's forward; AOTAutograd traces through it
+    OPAQUE = "opaque"  # one opaque custom op: the kernel could not be traced
+
+
 @dataclass(frozen=True)
 class SiteDiff:
-    """One substituted call: its ops before, and what replaced them (`how`: traced, call, opaque)."""
+    """One substituted call: its ops before, and what replaced them."""
 
     path: str
     call_index: int
     layer_name: str
-    how: str
+    how: SubstitutionKind
     before: tuple[str, ...]
     after: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "call_index": self.call_index, "layer_name": self.layer_name, "how": self.how,
+        return {"path": self.path, "call_index": self.call_index, "layer_name": self.layer_name, "how": self.how.value,
                 "before": list(self.before), "after": list(self.after)}
 
 
@@ -150,11 +159,9 @@ class GraphSnapshot:
         counts = dict(Counter(target_name(n) for n in ops))
         names = {n.name: target_name(n) for n in ops}
         if keep:
-            from .rewrite import strip_markers
-
             graph = fx.Graph()
             graph.output(graph.graph_copy(gm.graph, {}))  # graph_copy leaves the output node out
-            strip_markers(graph)
+            markers.strip_markers(graph)
             return cls(counts, names, graph=graph)
         return cls(counts, names, code=gm.code.strip())
 

@@ -1,0 +1,176 @@
+"""Decide every site of a graph: run the per-site checks in order; the first `Rejected` keeps the
+original forward, and a site that passes them all gets its prepared substitution.
+
+A check is a function `(candidate, context) -> Rejected | None` (see `checks.py`, where the list
+lives). A `Candidate` gives it what it may ask about one site — its plan, its prepared
+substitution — computed lazily and once; the `PassContext` holds what one graph's checks share:
+options, the graph and its example inputs, the inner compiler, planners, and `memo` for a
+check's own per-graph state. Nothing here mutates the graph: `apply` does that afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import fx
+
+from ..decisions import Decision, Outcome, Reason, Rejected, raise_unless_allowed
+from ..devices import Device
+from ..forwards import Condition, installed_forward, original_forward
+from ..graph_records import SubstitutionKind
+from ..planner import KernelPlan, Planner, build_decision, is_disabled, repository_label
+from .prepare import Substitution, TraceCache, prepare
+from .sites import Site
+
+if TYPE_CHECKING:
+    from .options import Options
+
+Compiler = Callable[[fx.GraphModule, list[Any]], Callable[..., Any]]
+Check = Callable[["Candidate", "PassContext"], "Rejected | None"]
+
+
+@dataclass
+class PassContext:
+    """What the checks of one graph share. `memo(key, make)` keeps a check's per-graph state."""
+
+    options: Options
+    gm: fx.GraphModule
+    example_inputs: Sequence[Any]
+    sites: Sequence[Site]
+    compile_fn: Compiler
+    inner: str
+    disabled: bool = field(default_factory=is_disabled)
+    trace_cache: TraceCache = field(default_factory=TraceCache)
+    planners: dict[str, Planner] = field(default_factory=dict)
+    memos: dict[str, Any] = field(default_factory=dict)
+
+    def memo(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self.memos:
+            self.memos[key] = make()
+        return self.memos[key]
+
+    def planner(self, device: Device) -> Planner:
+        if device.type not in self.planners:
+            self.planners[device.type] = Planner(device, None, opaque_ok=True)
+        return self.planners[device.type]
+
+
+@dataclass
+class Candidate:
+    """One site on its way to a decision: the condition and device it is planned for, and (on
+    first use) its plan and its prepared substitution."""
+
+    site: Site
+    context: PassContext
+
+    @cached_property
+    def condition(self) -> Condition:
+        return Condition(self.site.needs_grad, True, fixed=self.context.options.mode)
+
+    @cached_property
+    def device(self) -> Device:
+        if self.context.options.device is not None:
+            return Device(self.context.options.device)
+        device = self.site.device or torch.device("cpu")
+        if device.type == "cuda" and getattr(torch.version, "hip", None):
+            return Device("rocm")
+        return Device.parse(device)
+
+    @cached_property
+    def plan(self) -> KernelPlan:
+        assert self.site.module is not None  # checks ask for a plan only once the module is found
+        return self.context.planner(self.device).plan(self.site.module, self.site.layer_name, self.condition)
+
+    @cached_property
+    def substitution(self) -> Substitution | Rejected:
+        assert self.site.module is not None and self.plan.kernel is not None
+        return prepare(self.site, self.plan.kernel, original_forward(self.site.module), self.context.trace_cache)
+
+
+@dataclass(frozen=True)
+class SiteDecision:
+    """A site's decision, and its substitution when a kernel goes in."""
+
+    decision: Decision
+    substitution: Substitution | None = None
+
+
+def decide(sites: Sequence[Site], context: PassContext, checks: Sequence[Check]) -> list[SiteDecision]:
+    """One `SiteDecision` per site, in order; raises `KernelizeError` on a fallback that
+    `use_fallback=False` forbids (the rule in `decisions`)."""
+    results: list[SiteDecision] = []
+    replaced: set[int] = set()
+    for i, site in enumerate(sites):
+        result = _decide_one(sites, i, replaced, context, checks)
+        if result.substitution is not None:
+            replaced.add(i)
+        if not context.options.use_fallback and result.decision.outcome is Outcome.ORIGINAL:
+            raise_unless_allowed(result.decision.rejected,
+                                 f"{site.path or '<root>'} call {site.call_index} (layer {site.layer_name!r})",
+                                 "Pass options={'use_fallback': True} to keep the original forward.")
+        results.append(result)
+    return results
+
+
+def _decide_one(sites: Sequence[Site], i: int, replaced: set[int], context: PassContext, checks: Sequence[Check]) -> SiteDecision:
+    site = sites[i]
+    enclosing = _replaced_ancestor(sites, i, replaced)
+    if enclosing is not None:
+        detail = f"inside {enclosing.path or '<root>'} ({enclosing.layer_name}), which runs a kernel"
+        return SiteDecision(_decision(site, None, Outcome.ORIGINAL, Rejected(Reason.ENCLOSED, detail)))
+    candidate = Candidate(site, context)
+    installed = _installed_by_kernelize(candidate)
+    if installed is not None:
+        return SiteDecision(installed)
+    for check in checks:
+        rejected = check(candidate, context)
+        if rejected is not None:
+            plan = candidate.__dict__.get("plan")  # only a plan already made: a rejection may come before one
+            return SiteDecision(_decision(site, candidate if plan is not None else None, Outcome.ORIGINAL, rejected))
+    sub = candidate.substitution
+    assert isinstance(sub, Substitution)  # the `prepares` check rejected every other outcome
+    outcome = Outcome.OPAQUE_KERNEL if sub.how is SubstitutionKind.OPAQUE else Outcome.KERNEL
+    return SiteDecision(_decision(site, candidate, outcome, sub.why_opaque), sub)
+
+
+def _installed_by_kernelize(candidate: Candidate) -> Decision | None:
+    """A kernel `kernelize` installed ran while dynamo traced the call: keep it, substitute nothing."""
+    site = candidate.site
+    eager = installed_forward(site.module) if site.module is not None else None
+    if eager is None or site.marked:
+        return None
+    repo = eager.repos[candidate.condition.index % 4]
+    if repo is None:
+        return None
+    return _decision(site, candidate, Outcome.KERNEL, None, repository=f"{repository_label(repo)} (installed by kernelize)", plan=None)
+
+
+def _replaced_ancestor(sites: Sequence[Site], i: int, replaced: set[int]) -> Site | None:
+    parent = sites[i].enclosing
+    while parent is not None:
+        if parent in replaced:
+            return sites[parent]
+        parent = sites[parent].enclosing
+    return None
+
+
+_UNPLANNED = object()
+
+
+def _decision(site: Site, candidate: Candidate | None, outcome: Outcome, rejected: Rejected | None,
+              repository: str | None = None, plan: Any = _UNPLANNED) -> Decision:
+    if plan is _UNPLANNED:
+        plan = candidate.plan if candidate is not None else None
+    if candidate is not None:
+        device, mode = str(candidate.device), str(candidate.condition.mode)
+    else:
+        device, mode = (site.device.type if site.device is not None else "?"), "-"
+    return build_decision(
+        path=site.path, layer_name=site.layer_name, module_class=site.module_class, device=device, mode=mode,
+        outcome=outcome, plan=plan, rejected=rejected, call_index=site.call_index, path_kind="compiled",
+        repository=repository,
+    )

@@ -1,0 +1,97 @@
+"""What the backend knows of the frame dynamo is compiling: its locals and globals (to find modules
+by the source paths in `nn_module_stack`), the module calls still open when the graph was cut, and
+how those paths read in a report.
+
+>>> from torch import nn
+>>> model = nn.Sequential(nn.Linear(2, 2))
+>>> FrameInfo({"self": model}).resolve("L['self']._modules['0']") is model[0]
+True
+>>> display_path("L['self'].layers.0.mlp"), display_path("G['model'].norm")
+('layers.0.mlp', 'model.norm')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_ROOT = re.compile(r"^(L|G)\['([^']+)'\]")
+_STEP = re.compile(r"\.([A-Za-z_0-9]+)|\[(\d+)\]|\['([^']+)'\]")
+_NOISE = re.compile(r"\._(?:modules|parameters|buffers)\[(['\"])([^'\"\]]+)\1\]")
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """The compiled frame's locals and globals, and the keys of module calls still open."""
+
+    locals: Mapping[str, Any] = field(default_factory=dict)
+    globals: Mapping[str, Any] = field(default_factory=dict)
+    open_keys: frozenset[str] = frozenset()
+
+    def resolve(self, path: str) -> Any:
+        """The object at a dynamo source path such as `L['self'].layers.0.mlp`, or None."""
+        match = _ROOT.match(normalize_path(path))
+        if match is None:
+            return None
+        scope = self.locals if match.group(1) == "L" else self.globals
+        if match.group(2) not in scope:
+            return None
+        obj = scope[match.group(2)]
+        rest = normalize_path(path)[match.end():]
+        while rest:
+            step = _STEP.match(rest)
+            if step is None:
+                return None
+            attr, index, key = step.groups()
+            try:
+                obj = getattr(obj, attr) if attr is not None else obj[int(index)] if index is not None else obj[key]
+            except (AttributeError, IndexError, KeyError, TypeError):
+                return None
+            rest = rest[step.end():]
+        return obj
+
+
+def current_frame() -> FrameInfo:
+    """The frame dynamo is compiling now, with its still open module calls (empty outside dynamo)."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        tx = InstructionTranslator.current_tx()
+    except Exception:  # noqa: BLE001 - not inside dynamo: modules found only through markers
+        return FrameInfo()
+    open_keys: set[str] = set()
+    current = getattr(tx.output, "current_tx", None)
+    while current is not None:
+        open_keys.update(getattr(current, "nn_module_stack", {}) or {})
+        current = getattr(current, "parent", None)
+    return FrameInfo(getattr(tx, "f_locals", {}) or {}, getattr(tx, "f_globals", {}) or {}, frozenset(open_keys))
+
+
+def current_compile_id() -> str | None:
+    """dynamo's id of the compile in progress (`0/1`: frame 0, recompile 1), or None."""
+    try:
+        from torch._guards import CompileContext
+
+        compile_id = CompileContext.current_compile_id()
+    except Exception:  # noqa: BLE001
+        return None
+    return None if compile_id is None else str(compile_id)
+
+
+def normalize_path(path: str) -> str:
+    """Dynamo's source name in `nn_module_stack` spelling: `._modules['a']` -> `.a`."""
+    return _NOISE.sub(r".\2", path)
+
+
+def display_path(path: str) -> str:
+    """`L['self'].layers.0.mlp` -> `layers.0.mlp`; `G['model'].norm` -> `model.norm`.
+
+    The compiled module itself is `L['self']`, or `L['fn']` when dynamo starts in a wrapper.
+    """
+    match = _ROOT.match(path)
+    if match is None:
+        return path
+    rest = path[match.end():]
+    return rest.lstrip(".") if match.group(1) == "L" and match.group(2) in ("self", "fn") else match.group(2) + rest

@@ -1,0 +1,212 @@
+"""The planner: which kernel a site runs under each condition, and the `Decision` that says so.
+
+One planner serves every path — `kernelize` (eager), `hubkernels` (compiled) and
+`kernelize_graph` (a GraphModule) — so the same site under the same options gets the same answer:
+resolve the mapping, load the repository, validate the kernel against the forward it replaces,
+and check the condition (autograd needs a backward; compiling needs `can_torch_compile` unless
+the caller can run the kernel as an opaque op). Loads and plans are cached per planner.
+
+>>> import torch
+>>> from torch import nn
+>>> import kernel_fx
+>>> from kernel_fx.devices import Device
+>>> from kernel_fx.forwards import Condition
+>>> @kernel_fx.use_kernel_forward_from_hub("Double")
+... class Double(nn.Module):
+...     def forward(self, x):
+...         return 2 * x
+>>> plan = Planner(Device("cpu"), None).plan(Double(), "Double", Condition(grad=False, compiling=False))
+>>> plan.kernel is None, str(plan.rejected)
+(True, "no mapping: no kernel mapped for layer 'Double'")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .decisions import Decision, Outcome, Reason, Rejected
+from .devices import Device, read_capability
+from .forwards import CONDITIONS, Condition, ForwardPlan, original_forward, plan_forward
+from .layers import original_signature
+from .mapping import Choice, resolve
+from .repos import AnyRepository, load_layer
+from .validation import kernel_problem
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """What runs under one condition: a kernel class (None: the original forward) and why."""
+
+    kernel: type[nn.Module] | None
+    repository: AnyRepository | None
+    rejected: Rejected | None
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """A site's plan under every condition the caller asked about, its decisions, and the
+    forward to install (None when no condition runs a kernel)."""
+
+    plans: dict[Condition, KernelPlan]
+    decisions: tuple[Decision, ...]
+    forward: ForwardPlan | None
+
+
+class Planner:
+    """Resolves, loads and validates kernels for one device, caching per layer and class.
+
+    `conditions` are the conditions a site is planned for (all four, or one fixed mode);
+    `compile_only` makes eager calls use the compile-able kernels too (`needs_torch_compile`);
+    `opaque_ok` plans a kernel with `can_torch_compile = False` under compiling conditions
+    instead of rejecting it, for the graph pass that runs it as an opaque op.
+    """
+
+    def __init__(self, device: Device, index: int | None, *, conditions: tuple[Condition, ...] = CONDITIONS,
+                 compile_only: bool = False, opaque_ok: bool = False) -> None:
+        self.device = device
+        self.conditions = conditions
+        self.compile_only = compile_only
+        self.opaque_ok = opaque_ok
+        self.backend = "metal" if device.type == "mps" else device.type
+        self._index = index
+        self._capability: int | RuntimeError | None = None
+        self._loaded: dict[AnyRepository, type[nn.Module] | Exception] = {}
+        self._plans: dict[tuple[str, Any, Condition], KernelPlan] = {}
+        self._sites: dict[tuple, SitePlan] = {}
+
+    def capability(self) -> int:
+        """The device's compute capability, read once (raises when it cannot be read)."""
+        if self._capability is None:
+            try:
+                self._capability = read_capability(self.device.type, self._index)
+            except RuntimeError as exc:
+                self._capability = exc
+        if isinstance(self._capability, RuntimeError):
+            raise self._capability
+        return self._capability
+
+    def site(self, module: nn.Module, layer_name: str) -> SitePlan:
+        """Plans, decisions and forward of a site; sites of one class share them."""
+        original = original_forward(module)
+        key = (layer_name, type(module), original)
+        if key not in self._sites:
+            plans = {c: self._plan(module, layer_name, original, c) for c in self.conditions}
+            if self.compile_only:  # eager calls too use only compile-able kernels
+                plans = {c: plans[Condition(c.grad, True)] for c in self.conditions}
+            self._sites[key] = self._site_plan(module, layer_name, original, plans)
+        return self._sites[key]
+
+    def skipped(self, module: nn.Module, layer_name: str, rejected: Rejected) -> SitePlan:
+        """A site that keeps its original forward for `rejected` (filtered out, disabled)."""
+        key = (layer_name, type(module), rejected)
+        if key not in self._sites:
+            plan = KernelPlan(None, None, rejected)
+            self._sites[key] = self._site_plan(module, layer_name, None, {c: plan for c in self.conditions})
+        return self._sites[key]
+
+    def plan(self, module: nn.Module, layer_name: str, condition: Condition) -> KernelPlan:
+        """What runs at a site of `module` under one `condition` (the graph paths' question)."""
+        return self._plan(module, layer_name, original_forward(module), condition)
+
+    def _site_plan(self, module: nn.Module, layer_name: str, original: Any, plans: dict[Condition, KernelPlan]) -> SitePlan:
+        forward = None
+        if any(p.kernel is not None for p in plans.values()):
+            forward = plan_forward(original, {c: (p.kernel, p.repository) for c, p in plans.items()})
+        return SitePlan(plans, site_decisions(module, layer_name, plans, self.device), forward)
+
+    def _plan(self, module: nn.Module, layer_name: str, original: Any, condition: Condition) -> KernelPlan:
+        key = (layer_name, original, condition)
+        if key not in self._plans:
+            self._plans[key] = self._fresh_plan(module, layer_name, original, condition)
+        return self._plans[key]
+
+    def _fresh_plan(self, module: nn.Module, layer_name: str, original: Any, condition: Condition) -> KernelPlan:
+        choice = resolve(layer_name, self.device, condition.mode, capability=self.capability)
+        if isinstance(choice, Rejected):
+            return KernelPlan(None, None, choice)
+        kernel = self._load(choice)
+        repo = choice.repository
+        if isinstance(kernel, Exception):
+            return KernelPlan(None, repo, Rejected(Reason.LOAD_FAILED, f"{type(kernel).__name__}: {kernel}"))
+        problem = kernel_problem(kernel, original, lambda: original_signature(module))
+        if problem:
+            where = f"kernel layer {layer_name} from {repository_label(repo)}"
+            return KernelPlan(None, repo, Rejected(Reason.VALIDATION_FAILED, f"{where} does not fit {type(module).__name__}: {problem}"))
+        if condition.grad and not getattr(kernel, "has_backward", True):
+            return KernelPlan(None, repo, Rejected(Reason.TRAINING_FALLBACK, "kernel has no backward (has_backward = False)"))
+        if condition.compiling and not self.opaque_ok and not getattr(kernel, "can_torch_compile", False):
+            return KernelPlan(None, repo, Rejected(Reason.NOT_COMPILABLE, "kernel has can_torch_compile = False"))
+        return KernelPlan(kernel, repo, None)
+
+    def _load(self, choice: Choice) -> type[nn.Module] | Exception:
+        repo = choice.repository
+        if repo not in self._loaded:
+            try:
+                self._loaded[repo] = load_layer(repo, self.backend)
+            except Exception as exc:  # every load failure becomes a recorded fallback reason
+                logger.warning("kernel_fx: could not load %s: %s", repository_label(repo), exc)
+                self._loaded[repo] = exc
+        return self._loaded[repo]
+
+
+# -- decisions ------------------------------------------------------------------------------------
+
+
+def build_decision(*, path: str, layer_name: str, module_class: str, device: str, mode: str, outcome: Outcome,
+                   plan: KernelPlan | None, rejected: Rejected | None, call_index: int | None = None,
+                   path_kind: str = "eager", repository: str | None = None) -> Decision:
+    """The one way every path records a site: where the kernel came from is read off `plan`
+    (only when a kernel runs); `repository` overrides it (e.g. "installed by kernelize")."""
+    kernel = plan.kernel if plan is not None and outcome is not Outcome.ORIGINAL else None
+    source = _source_of(kernel)
+    repo = plan.repository if plan is not None else None
+    if repository is None:
+        repository = str(source) if source else (repository_label(repo) if repo is not None else None)
+    return Decision(
+        path=path, layer_name=layer_name, module_class=module_class, device=device, mode=mode, outcome=outcome,
+        repository=repository, variant=source.variant if source else None, rejected=rejected,
+        unpinned=bool(getattr(repo, "unpinned", False)), call_index=call_index, path_kind=path_kind,
+    )
+
+
+def site_decisions(module: nn.Module, layer_name: str, plans: dict[Condition, KernelPlan], device: Device) -> tuple[Decision, ...]:
+    """An eager site's decisions: one per group of conditions that run the same thing."""
+    groups: dict[KernelPlan, list[Condition]] = {}
+    for condition, plan in plans.items():
+        groups.setdefault(plan, []).append(condition)
+    return tuple(
+        build_decision(
+            path="", layer_name=layer_name, module_class=type(module).__name__, device=str(device),
+            mode="any" if len(conditions) == len(CONDITIONS) else ", ".join(str(c.mode) for c in conditions),
+            outcome=Outcome.ORIGINAL if plan.kernel is None else Outcome.KERNEL, plan=plan, rejected=plan.rejected,
+        )
+        for plan, conditions in groups.items()
+    )
+
+
+def _source_of(kernel: type | None) -> Any:
+    from .hub.importer import source_of  # the hub package loads on first use
+
+    return None if kernel is None else source_of(kernel)
+
+
+def repository_label(repo: AnyRepository) -> str:
+    """`org/repo@v1`, `org/repo@<rev>` or a local path: how reports name a repository."""
+    for attr in ("repo_id", "repo_path"):
+        value = getattr(repo, attr, None)
+        if value is not None:
+            rev = getattr(repo, "revision", None) or (f"v{repo.version}" if getattr(repo, "version", None) is not None else None)
+            return f"{value}@{rev}" if rev else str(value)
+    return repr(repo)
+
+
+def is_disabled() -> bool:
+    """`KERNEL_FX_DISABLE` is set to a true value: every path keeps every original forward."""
+    return os.environ.get("KERNEL_FX_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
