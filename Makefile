@@ -8,10 +8,14 @@ bootstrap:
 demo: bootstrap
 	.venv/bin/kernel-fx demo
 
-test: bootstrap
+test: bootstrap lint
 	.venv/bin/python -m pytest
+
+lint: bootstrap
+	.venv/bin/ruff check .
 
 test-latest:
 	@bash scripts/bootstrap.sh --latest .venv-latest
 	.venv-latest/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|kernels|huggingface.hub|triton) '
+	.venv-latest/bin/ruff check .
 	.venv-latest/bin/python -m pytest

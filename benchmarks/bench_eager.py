@@ -103,7 +103,8 @@ def main() -> None:
             ("mode=None, has_backward=False (checks per call)", without_backward, None),
         ]:
             base, mine = overhead(repo, mode)
-            print(f"per-call: {label}: bound kernel {base / 1e3:.2f} us, kernelized {mine / 1e3:.2f} us, overhead {(mine - base) / 1e3:+.2f} us (target <= 0.5)")
+            print(f"per-call: {label}: bound kernel {base / 1e3:.2f} us, kernelized {mine / 1e3:.2f} us, "
+                  f"overhead {(mine - base) / 1e3:+.2f} us (target <= 0.5)")
         first, repeat = kernelize_ms(with_backward)
         print(f"kernelize 5,000 layers: first {first:.1f} ms (target <= 35), repeat {repeat:.1f} ms (target <= 10)")
 

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "hub"), str(ROOT / "tests")]
 
 from hub_server import FakeHub, closed_port_url  # noqa: E402
-from tabulate import tabulate  # noqa: E402
 from kernel_repos import make_kernel_repo  # noqa: E402
+from tabulate import tabulate  # noqa: E402
 
 N_KERNELS = 8
 LAYER = '''
@@ -142,11 +142,15 @@ def measure(work: Path, runs: int) -> list[list]:
     offline = {**base, "HF_HUB_OFFLINE": "1"}
     repo0 = "kernels-community/bench-0"
     cases = [
-        ("get_kernel(revision=<commit>), online mode", GET_KERNEL.format(call=f"kernel_fx.get_kernel({repo0!r}, revision={commits[0]!r}, backend='cpu')"), base, "total", 50),
-        ("get_kernel(version=1), HF_HUB_OFFLINE=1", GET_KERNEL.format(call=f"kernel_fx.get_kernel({repo0!r}, version=1, backend='cpu')"), offline, "total", 50),
-        ("load_kernel(lockfile=...), sha256-verified", GET_KERNEL.format(call=f"kernel_fx.load_kernel({repo0!r}, lockfile={str(lockfile)!r}, backend='cpu')"), base, "total", 50),
+        ("get_kernel(revision=<commit>), online mode", GET_KERNEL.format(
+            call=f"kernel_fx.get_kernel({repo0!r}, revision={commits[0]!r}, backend='cpu')"), base, "total", 50),
+        ("get_kernel(version=1), HF_HUB_OFFLINE=1", GET_KERNEL.format(
+            call=f"kernel_fx.get_kernel({repo0!r}, version=1, backend='cpu')"), offline, "total", 50),
+        ("load_kernel(lockfile=...), sha256-verified", GET_KERNEL.format(
+            call=f"kernel_fx.load_kernel({repo0!r}, lockfile={str(lockfile)!r}, backend='cpu')"), base, "total", 50),
         (f"kernelize, {N_KERNELS} kernels pinned by commit", KERNELIZE.format(commits=commits, n=N_KERNELS, pin="revision=commits[i]"), base, "kernelize", 100),
-        (f"kernelize, {N_KERNELS} kernels by version, HF_HUB_OFFLINE=1", KERNELIZE.format(commits=commits, n=N_KERNELS, pin="version=1"), offline, "kernelize", 100),
+        (f"kernelize, {N_KERNELS} kernels by version, HF_HUB_OFFLINE=1",
+         KERNELIZE.format(commits=commits, n=N_KERNELS, pin="version=1"), offline, "kernelize", 100),
     ]
     rows = []
     for name, code, env, key, budget in cases:

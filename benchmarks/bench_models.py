@@ -19,15 +19,15 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 import kernel_fx
 from kernel_fx.defaults import default_mapping
-
 
 # -- models ---------------------------------------------------------------------------------------
 

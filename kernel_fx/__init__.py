@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from .decisions import Decision, Outcome, Reason, Rejected
+from .defaults import default_mapping
 from .devices import CUDAProperties, Device, ROCMProperties
 from .errors import KernelFxError, KernelizeError, KernelLoadError, KernelValidationError, MappingError
-from .defaults import default_mapping
 from .explain import Explanation, explain
 from .hub.api import get_kernel, get_kernel_variants, get_local_kernel, has_kernel, load_kernel
 from .kernelize import kernelize, report, unkernelize
@@ -15,7 +16,6 @@ from .layers import (
 )
 from .mapping import register_kernel_mapping, use_kernel_mapping
 from .modes import Mode
-from .decisions import Decision, Outcome, Reason, Rejected
 from .report import Report
 from .repos import LayerRepository, LocalLayerRepository, LockedLayerRepository
 

@@ -9,7 +9,7 @@ Device(type='cuda', properties=None)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from .errors import MappingError
 
@@ -59,7 +59,7 @@ def _check_range(props: CUDAProperties | ROCMProperties, name: str) -> None:
         raise MappingError(f"{name} min_capability={lo} is above max_capability={hi}; the range must not be empty.")
 
 
-Properties = Union[CUDAProperties, ROCMProperties]
+Properties = CUDAProperties | ROCMProperties
 _PROPERTIES_FOR = {"cuda": CUDAProperties, "rocm": ROCMProperties}
 
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from .decisions import Reason, Rejected
 from .devices import Device
 from .errors import MappingError
 from .modes import Mode, check_mapping_mode, fallback_chain
 from .repos import AnyRepository, check_repository
-from .decisions import Reason, Rejected
 
 # layer name -> device key -> mapping mode -> repository; never mutated in place (copy on write).
 KernelMapping = Mapping[str, Mapping[Device, Mapping[Mode, AnyRepository]]]

@@ -27,7 +27,8 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import fx, nn

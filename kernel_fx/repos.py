@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from torch import nn
 
@@ -117,7 +117,7 @@ class LockedLayerRepository:
         return layer_from_kernel(kernel, self.layer_name, self.repo_id)
 
 
-AnyRepository = Union[LayerRepository, LocalLayerRepository, LockedLayerRepository, Repository]
+AnyRepository = LayerRepository | LocalLayerRepository | LockedLayerRepository | Repository
 OUR_REPOSITORIES = (LayerRepository, LocalLayerRepository, LockedLayerRepository)
 
 

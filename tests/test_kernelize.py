@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 import torch
+from kernel_repos import COUNTING_SCALE, TWO_INPUT_LAYERS
+from models import AddScaled, Net, Scale
 from torch import nn
 
 import kernel_fx
@@ -24,9 +26,6 @@ from kernel_fx import (
     unkernelize,
     use_kernel_mapping,
 )
-from kernel_repos import COUNTING_SCALE, TWO_INPUT_LAYERS
-from models import AddScaled, Net, Scale
-
 
 
 def scale_repo(kernel_repo, has_backward=True, can_compile=True, source=COUNTING_SCALE, layer="Scale"):
@@ -249,7 +248,9 @@ def failing_mapping(kind, kernel_repo, tmp_path):
         "no-device-entry": ({"cuda": local(COUNTING_SCALE.format(has_backward=True, can_compile=True))}, Reason.NO_DEVICE_ENTRY, None),
         "no-mode-entry": ({"cpu": {Mode.INFERENCE: local(COUNTING_SCALE.format(has_backward=True, can_compile=True))}}, Reason.NO_MODE_ENTRY, Mode.TRAINING),
         "training-fallback": ({"cpu": local(COUNTING_SCALE.format(has_backward=False, can_compile=True))}, Reason.TRAINING_FALLBACK, Mode.TRAINING),
-        "not-compilable": ({"cpu": local(COUNTING_SCALE.format(has_backward=True, can_compile=False))}, Reason.NOT_COMPILABLE, Mode.INFERENCE | Mode.TORCH_COMPILE),
+        "not-compilable": (
+            {"cpu": local(COUNTING_SCALE.format(has_backward=True, can_compile=False))}, Reason.NOT_COMPILABLE, Mode.INFERENCE | Mode.TORCH_COMPILE
+        ),
         "missing-path": ({"cpu": LocalLayerRepository(tmp_path / "nowhere", layer_name="Scale")}, Reason.LOAD_FAILED, None),
         "no-variant": ({"cpu": LocalLayerRepository(kernel_repo({"torch-cuda": {"layers.py": RENAMED_ARG}}), layer_name="Scale")}, Reason.LOAD_FAILED, None),
         "import-error": ({"cpu": local(IMPORT_ERROR)}, Reason.LOAD_FAILED, None),

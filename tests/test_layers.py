@@ -1,9 +1,9 @@
 import torch
+from models import Scale
 from torch import nn
 
 import kernel_fx
 from kernel_fx.layers import FunctionLayer, layer_name_of
-from models import Scale
 
 
 def test_decorator_keeps_eager_behaviour_and_marks_the_class():

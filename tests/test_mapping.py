@@ -14,7 +14,7 @@ from kernel_fx import (
 )
 from kernel_fx.mapping import Choice, current_mapping, resolve
 
-I, T, C, F = Mode.INFERENCE, Mode.TRAINING, Mode.TORCH_COMPILE, Mode.FALLBACK
+INF, T, C, F = Mode.INFERENCE, Mode.TRAINING, Mode.TORCH_COMPILE, Mode.FALLBACK
 
 
 def repo(name):
@@ -32,16 +32,16 @@ def test_bare_repository_is_a_fallback_entry():
 
 # The priority matrix: which registered entry each kernelize mode picks.
 MATRIX = [
-    ({I: "i", T: "t"}, I, "i"),
-    ({I: "i", T: "t"}, T, "t"),
-    ({T: "t", F: "f"}, I, "t"),
-    ({I | C: "ic", F: "f"}, I, "ic"),
-    ({I: "i", I | C: "ic"}, I | C, "ic"),
-    ({I: "i", T | C: "tc"}, I | C, "tc"),
-    ({I: "i"}, T, None),
-    ({I: "i", F: "f"}, T, "f"),
+    ({INF: "i", T: "t"}, INF, "i"),
+    ({INF: "i", T: "t"}, T, "t"),
+    ({T: "t", F: "f"}, INF, "t"),
+    ({INF | C: "ic", F: "f"}, INF, "ic"),
+    ({INF: "i", INF | C: "ic"}, INF | C, "ic"),
+    ({INF: "i", T | C: "tc"}, INF | C, "tc"),
+    ({INF: "i"}, T, None),
+    ({INF: "i", F: "f"}, T, "f"),
     ({T: "t", F: "f"}, T | C, "f"),
-    ({I: "i", T: "t"}, T | C, None),
+    ({INF: "i", T: "t"}, T | C, None),
 ]
 
 
@@ -56,9 +56,9 @@ def test_mode_priority_matrix(entries, mode, expected):
 
 
 def test_training_registered_after_inference_keeps_both():
-    register_kernel_mapping({"L": {"cpu": {I: repo("i")}}})
+    register_kernel_mapping({"L": {"cpu": {INF: repo("i")}}})
     register_kernel_mapping({"L": {"cpu": {T: repo("t")}}})
-    assert resolve("L", Device("cpu"), I).repository == repo("i")
+    assert resolve("L", Device("cpu"), INF).repository == repo("i")
     assert resolve("L", Device("cpu"), T).repository == repo("t")
 
 
@@ -104,32 +104,32 @@ def ranges(*pairs):
 
 def test_narrowest_capability_range_wins():
     register_kernel_mapping({"L": {**ranges((70, 100), (80, 90), (89, 90)), "cuda": repo("any")}})
-    assert resolve("L", Device("cuda"), I, capability=cap(90)).repository == repo("89-90")
-    assert resolve("L", Device("cuda"), I, capability=cap(85)).repository == repo("80-90")
-    assert resolve("L", Device("cuda"), I, capability=cap(120)).repository == repo("any")
+    assert resolve("L", Device("cuda"), INF, capability=cap(90)).repository == repo("89-90")
+    assert resolve("L", Device("cuda"), INF, capability=cap(85)).repository == repo("80-90")
+    assert resolve("L", Device("cuda"), INF, capability=cap(120)).repository == repo("any")
 
 
 def test_ties_are_resolved_the_same_whatever_the_registration_order():
     for pairs in (((80, 89), (85, 94)), ((85, 94), (80, 89))):
         with use_kernel_mapping({"L": ranges(*pairs)}, inherit_mapping=False):
-            assert resolve("L", Device("cuda"), I, capability=cap(86)).repository == repo("85-94")
+            assert resolve("L", Device("cuda"), INF, capability=cap(86)).repository == repo("85-94")
 
 
 def test_out_of_range_and_unreadable_capability_are_reasons():
     register_kernel_mapping({"L": ranges((80, 89))})
-    assert resolve("L", Device("cuda"), I, capability=cap(75)).reason is Reason.CAPABILITY_OUT_OF_RANGE
+    assert resolve("L", Device("cuda"), INF, capability=cap(75)).reason is Reason.CAPABILITY_OUT_OF_RANGE
 
     def unreadable():
         raise RuntimeError("torch sees no cuda device")
 
-    got = resolve("L", Device("cuda"), I, capability=unreadable)
+    got = resolve("L", Device("cuda"), INF, capability=unreadable)
     assert got.reason is Reason.CAPABILITY_UNAVAILABLE and "sees no cuda" in got.detail
 
 
 def test_no_mapping_and_no_device_entry_are_reasons():
-    assert resolve("L", Device("cpu"), I).reason is Reason.NO_MAPPING
+    assert resolve("L", Device("cpu"), INF).reason is Reason.NO_MAPPING
     register_kernel_mapping({"L": {"cuda": repo("c")}})
-    got = resolve("L", Device("cpu"), I)
+    got = resolve("L", Device("cpu"), INF)
     assert got.reason is Reason.NO_DEVICE_ENTRY and "cuda" in got.detail
 
 

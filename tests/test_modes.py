@@ -21,8 +21,8 @@ def test_kernelize_rejects_modes_without_inference_or_training(mode):
 
 
 def test_chains_are_the_anchors():
-    I, T, C, F = Mode.INFERENCE, Mode.TRAINING, Mode.TORCH_COMPILE, Mode.FALLBACK
-    assert fallback_chain(I) == (I, I | C, T, T | C, F)
+    INF, T, C, F = Mode.INFERENCE, Mode.TRAINING, Mode.TORCH_COMPILE, Mode.FALLBACK
+    assert fallback_chain(INF) == (INF, INF | C, T, T | C, F)
     assert fallback_chain(T) == (T, T | C, F)
-    assert fallback_chain(I | C) == (I | C, T | C, F)
+    assert fallback_chain(INF | C) == (INF | C, T | C, F)
     assert fallback_chain(T | C) == (T | C, F)

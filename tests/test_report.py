@@ -3,12 +3,12 @@
 import json
 
 import torch
+from kernel_repos import scale_layers
+from models import Net
 
 import kernel_fx
 from kernel_fx import LocalLayerRepository, Mode, Outcome, Reason, kernelize, use_kernel_mapping
 from kernel_fx.compile.backend import HubKernelsBackend
-from kernel_repos import scale_layers
-from models import Net
 
 
 def mapping(kernel_repo):
@@ -94,7 +94,6 @@ def test_print_report_writes_to_the_stream_given(kernel_repo, capsys):
     with use_kernel_mapping(mapping(kernel_repo)):
         kernelize(model)
     stream = io.StringIO()
-    kernel_fx.report.__module__  # the function, not the module
     from kernel_fx.report import print_report
 
     print_report(kernel_fx.report(model), file=stream)

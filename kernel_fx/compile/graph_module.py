@@ -33,7 +33,8 @@ cannot be traced, by one call of the kernel bound to the module).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import fx, nn

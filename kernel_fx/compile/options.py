@@ -10,9 +10,9 @@ kernel_fx.compile.options.BackendOptionError: Unknown hubkernels option 'innr'. 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from ..devices import Device
 from ..errors import KernelFxError

@@ -15,8 +15,9 @@ A substitution is one of three kinds (`SubstitutionKind`):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import fx, nn

@@ -253,7 +253,8 @@ def _marked_sites(graph: _GraphIndex) -> list[Site]:
             sites.append(_partial(graph, open_enters.pop(), "it has no exit marker (graph break inside the forward)"))
         sites.append(_marked(graph, open_enters.pop(), node))
     for enter in open_enters:
-        sites.append(_partial(graph, enter, "it has no exit marker (graph break inside the forward, or its output is unused or not a tensor or tuple of tensors)"))
+        why = "it has no exit marker (graph break inside the forward, or its output is unused or not a tensor or tuple of tensors)"
+        sites.append(_partial(graph, enter, why))
     return sites
 
 
@@ -331,7 +332,8 @@ def _marked(graph: _GraphIndex, enter: fx.Node, exit_: fx.Node) -> Site:
     inner_stack = set(_stack(enter))
     strays = [n for n in nodes[1:-1] if "nn_module_stack" in n.meta and not inner_stack <= set(_stack(n))]
     if strays and problem is None:
-        problem = Rejected(Reason.PARTIAL_REGION, f"nodes from outside the call lie between its markers: {', '.join(n.name for n in strays[:3])}")
+        names = ", ".join(n.name for n in strays[:3])
+        problem = Rejected(Reason.PARTIAL_REGION, f"nodes from outside the call lie between its markers: {names}")
     if module is None:
         problem = _unresolved(identity)
     results = exit_.args[1:]
@@ -379,7 +381,8 @@ def _unmarked(graph: _GraphIndex, key: tuple[str, str], nodes: list[fx.Node], cl
 
     autocast = nodes[0] in graph.in_autocast
     if module is None:
-        return site(CallContext(False, False, autocast, None), problem=Rejected(Reason.UNKNOWN_MODULE, f"cannot find the module at {key[1]} in the compiled frame"))
+        missing = Rejected(Reason.UNKNOWN_MODULE, f"cannot find the module at {key[1]} in the compiled frame")
+        return site(CallContext(False, False, autocast, None), problem=missing)
     tensors = graph.module_tensors(module)
     tensor_nodes = set(tensors.values())
     inputs = [a for n in nodes for a in n.all_input_nodes if a not in members]
@@ -405,15 +408,18 @@ def _unmarked_problem(graph: _GraphIndex, key: tuple[str, str], module: nn.Modul
         return Rejected(Reason.PARTIAL_REGION, "the call's nodes are interleaved with other code")
     if not _single_input(module):
         params = ", ".join(list(original_signature(module).parameters)[1:])
-        return Rejected(Reason.AMBIGUOUS_BINDING, f"forward({params}) is not one tensor in, and the call was not marked by use_kernel_forward_from_hub")
+        return Rejected(Reason.AMBIGUOUS_BINDING,
+                        f"forward({params}) is not one tensor in, and the call was not marked by use_kernel_forward_from_hub")
     if len(activations) != 1 or len(leaving) != 1:
-        return Rejected(Reason.AMBIGUOUS_BINDING, f"the region has {len(activations)} tensor inputs and {len(leaving)} tensor outputs besides the module's own; one of each binds")
+        return Rejected(Reason.AMBIGUOUS_BINDING, f"the region has {len(activations)} tensor inputs and {len(leaving)} tensor outputs "
+                        "besides the module's own; one of each binds")
     return None
 
 
 def _single_input(module: nn.Module) -> bool:
     params = list(original_signature(module).parameters.values())[1:]
-    return len(params) == 1 and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) and params[0].default is inspect.Parameter.empty
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return len(params) == 1 and params[0].kind in positional and params[0].default is inspect.Parameter.empty
 
 
 # -- nesting and call order -----------------------------------------------------------------------

@@ -18,9 +18,10 @@ compiled graph holds no reference to the model.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FunctionType, MethodType
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

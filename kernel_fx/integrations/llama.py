@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import sys
 import logging
+import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +99,7 @@ def _attention_kernel_name() -> str:
 CAUSAL_SKIP_IMPLEMENTATION = "kernel_fx_sdpa"
 
 
-def skip_causal_mask_when_compiling(model: "nn.Module") -> None:
+def skip_causal_mask_when_compiling(model: nn.Module) -> None:
     """Let a transformers Llama keep `is_causal` SDPA under torch.compile, for unpacked inputs.
 
     In eager, transformers passes SDPA no mask for causal, unpadded inputs. While dynamo traces it

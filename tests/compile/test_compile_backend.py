@@ -8,8 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers_compile import MIX, SCALE, Block, Scale, scale_source
-from helpers_compile import mapping, seeded  # noqa: F401 - fixtures
+from helpers_compile import MIX, SCALE, Block, Scale, mapping, scale_source, seeded  # noqa: F401 - fixtures
 from torch import nn
 
 import kernel_fx

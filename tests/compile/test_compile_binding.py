@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_compile import INNERS, AXPY, MIX, OUTER, Axpy, HubStyleMix, HubStyleScale, Mix, Outer, Scale, scale_source
-from helpers_compile import mapping, seeded  # noqa: F401 - fixtures
+from helpers_compile import AXPY, INNERS, MIX, OUTER, Axpy, HubStyleMix, HubStyleScale, Mix, Outer, Scale, mapping, scale_source, seeded  # noqa: F401 - fixtures
 from torch import nn
 
 import kernel_fx

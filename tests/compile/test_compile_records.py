@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from helpers_compile import MIX, Block, Scale, scale_source
-from helpers_compile import mapping, seeded  # noqa: F401 - fixtures
+from helpers_compile import MIX, Block, Scale, mapping, scale_source, seeded  # noqa: F401 - fixtures
 from torch import nn
 
 import kernel_fx

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_compile import INNERS, ADD_NORM, MIX, UNTRACEABLE_SCALE, Block, Scale, kernel_module, scale_source
-from helpers_compile import mapping, counters, seeded  # noqa: F401 - fixtures
+from helpers_compile import ADD_NORM, INNERS, MIX, UNTRACEABLE_SCALE, Block, Scale, counters, kernel_module, mapping, scale_source, seeded  # noqa: F401 - fixtures
 from torch import nn
 
 import kernel_fx

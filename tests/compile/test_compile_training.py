@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_compile import INNERS, ADD_NORM, FUNCTION_SCALE, MIX, Block, Scale, grads, kernel_module, scale_source
-from helpers_compile import mapping, counters, seeded  # noqa: F401 - fixtures
+from helpers_compile import ADD_NORM, FUNCTION_SCALE, INNERS, MIX, Block, Scale, counters, grads, kernel_module, mapping, scale_source, seeded  # noqa: F401 - fixtures
 from torch import nn
 
 from kernel_fx import HubKernelsBackend, Outcome, Reason, use_kernel_mapping

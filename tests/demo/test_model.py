@@ -7,8 +7,8 @@ import inspect
 import pytest
 import torch
 
-from kernel_fx.demo import model as demo
 from kernel_fx.demo import DemoConfig, build_demo_model
+from kernel_fx.demo import model as demo
 
 SMALL = DemoConfig(num_hidden_layers=2)
 

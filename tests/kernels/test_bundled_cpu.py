@@ -9,16 +9,17 @@ from __future__ import annotations
 import inspect
 import json
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
+from models import LlamaMLP
 from torch import nn
 
 from kernel_fx.demo import model as demo
 from kernel_fx.kernels import bundled_repo_path
-from models import LlamaMLP
 
 VARIANT_DIR = bundled_repo_path() / "build" / "torch-cpu"
 LAYER_NAMES = ["RMSNorm", "AddRMSNorm", "SiluAndMul", "ApplyRotary", "Attention", "LlamaMLP"]

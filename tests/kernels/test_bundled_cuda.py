@@ -7,16 +7,17 @@ imported by this file on a machine without CUDA (the interpreter tests need a fr
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
+from models import LlamaMLP
 from torch import nn
 
 from kernel_fx.demo import model as demo
 from kernel_fx.kernels import bundled_repo_path
-from models import LlamaMLP
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

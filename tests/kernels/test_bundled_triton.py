@@ -31,15 +31,16 @@ if not INTERPRETING:
 
 else:
     import types
+    from collections.abc import Callable
     from pathlib import Path
-    from typing import Any, Callable
+    from typing import Any
 
     import torch
+    from models import LlamaMLP
     from torch import nn
 
     from kernel_fx.demo import model as demo
     from kernel_fx.kernels import bundled_repo_path
-    from models import LlamaMLP
 
     VARIANT_DIR = bundled_repo_path() / "build" / "torch-cuda"
 
