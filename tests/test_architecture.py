@@ -1,0 +1,106 @@
+"""The package's shape, as ARCHITECTURE.md states it: no import cycles (function-level imports
+included), no private name imported from another module, and nothing outside `compile/` imports it
+(but the public API's lazy re-export)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "kernel_fx"
+SOURCES = sorted(p for p in ROOT.rglob("*.py") if "kernels" not in p.relative_to(ROOT).parts)
+# Above both paths, so free to use them: the public API, which re-exports the backend lazily
+# (`import kernel_fx` stays cheap), and `explain`, the dry run of both paths.
+COMPILE_IMPORTERS_ALLOWED = {"kernel_fx", "kernel_fx.explain"}
+
+
+def module_name(path: Path) -> str:
+    parts = ["kernel_fx", *path.relative_to(ROOT).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_package(path: Path) -> bool:
+    return path.name == "__init__.py"
+
+
+def imports(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """(absolute module, imported names) for every import statement in `path`, at any depth."""
+    name = module_name(path)
+    package = name.split(".") if is_package(path) else name.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, ()) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found.append((module, tuple(alias.name for alias in node.names)))
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: kernel_fx modules it imports}; packages' `__init__` are not targets (a re-export
+    is not a dependency on every module behind it); `from . import x` imports module `x`."""
+    modules = {module_name(p) for p in SOURCES if not is_package(p)}
+    graph: dict[str, set[str]] = {}
+    for path in SOURCES:
+        edges = set()
+        for module, names in imports(path):
+            if module in modules:
+                edges.add(module)
+            edges |= {f"{module}.{n}" for n in names if f"{module}.{n}" in modules}
+        graph[module_name(path)] = edges - {module_name(path)}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle, each once, as a path that returns to its start."""
+    found, seen = [], set()
+
+    def walk(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in path:
+                cycle = path[path.index(nxt):] + [nxt]
+                if frozenset(cycle) not in seen:
+                    seen.add(frozenset(cycle))
+                    found.append(cycle)
+            elif nxt not in done:
+                walk(nxt, path + [nxt])
+        done.add(node)
+
+    done: set[str] = set()
+    for start in sorted(graph):
+        walk(start, [start])
+    return found
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert graph["kernel_fx.kernelize"] >= {"kernel_fx.planner", "kernel_fx.decisions"}  # the scan sees imports
+    assert cycles(graph) == []
+
+
+def test_no_private_names_imported_from_other_modules():
+    private = [
+        f"{module_name(path)}: from {module} import {name}"
+        for path in SOURCES
+        for module, names in imports(path)
+        for name in names
+        if module.startswith("kernel_fx") and name.startswith("_") and not name.startswith("__")
+    ]
+    assert private == []
+
+
+def test_nothing_outside_compile_imports_it():
+    importers = {
+        module_name(path)
+        for path in SOURCES
+        if not module_name(path).startswith("kernel_fx.compile")
+        for module, names in imports(path)
+        if module.startswith("kernel_fx.compile") or (module == "kernel_fx" and "compile" in names)
+    }
+    assert importers <= COMPILE_IMPORTERS_ALLOWED
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
