@@ -120,6 +120,16 @@ class KernelForward:
         self.backend = backend
         self.previous = previous
         self.fn = table[0]
+        # whose `training` flag decides: the module's own, or (for `kernels`' per-instance function
+        # modules, which `model.eval()` never reaches) the host module's
+        self.owner = module
+
+        def as_function(_caller: Any, *args: Any, **kwargs: Any) -> Any:
+            return self(*args, **kwargs)
+
+        # `kernels`' function modules route calls through `module.forward.__func__(caller, ...)`,
+        # where the caller is the shared global function module: run this instance's choice.
+        self.__func__ = as_function
 
     def install(self) -> None:
         vars(self.module)["forward"] = self
@@ -163,7 +173,7 @@ class DynamicForward(KernelForward):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         module = self.module
-        grad = module.training or (_grad_enabled() and needs_grad(module, args, kwargs))
+        grad = self.owner.training or (_grad_enabled() and needs_grad(module, args, kwargs))
         return self.table[grad + (2 if _is_compiling() else 0)](module, *args, **kwargs)
 
 

@@ -25,7 +25,7 @@ from .decisions import DISABLED, FILTERED, Decision, raise_unless_allowed
 from .devices import Device, device_index
 from .errors import KernelFxError
 from .forwards import CONDITIONS, Condition, installed_forward, make_forward
-from .layers import layer_name_of
+from .layers import extensible_modules, hub_function_hosts, layer_name_of, mark_hub_classes
 from .modes import Mode, check_kernelize_mode
 from .planner import KernelPlan, Planner, SitePlan, is_disabled
 from .report import Report
@@ -60,11 +60,12 @@ def kernelize(
     planner = Planner(target, device_index(device), conditions=(Condition.static(mode),) if mode is not None else CONDITIONS,
                       compile_only=mode is None and needs_torch_compile)
     disabled = is_disabled()
+    mark_hub_classes()  # so a later torch.compile(backend="hubkernels") binds their calls exactly
+    hosts = hub_function_hosts(model)
     plans = []
-    for path, module in model.named_modules():
+    for path, module in extensible_modules(model):
         layer_name = layer_name_of(module)
-        if layer_name is None:
-            continue
+        assert layer_name is not None  # extensible_modules yields marked modules only
         if disabled:
             site = planner.skipped(module, layer_name, DISABLED)
         elif filter_fn is not None and not filter_fn(module, path):
@@ -74,7 +75,7 @@ def kernelize(
         if not use_fallback:
             _raise_on_fallback(path, layer_name, target, mode, site.plans, needs_torch_compile)
         plans.append((path, module, site))
-    sites = [_install(path, module, site, planner.backend) for path, module, site in plans]
+    sites = [_install(path, module, site, planner.backend, hosts.get(id(module))) for path, module, site in plans]
     setattr(model, SITES_ATTR, sites)
     return model
 
@@ -110,14 +111,16 @@ def _raise_on_fallback(path: str, layer_name: str, device: Device, mode: Mode | 
 # -- installing -------------------------------------------------------------------------------
 
 
-def _install(path: str, module: nn.Module, site: SitePlan, backend: str) -> tuple[str, tuple[Decision, ...]]:
+def _install(path: str, module: nn.Module, site: SitePlan, backend: str, host: nn.Module | None) -> tuple[str, tuple[Decision, ...]]:
     previous = installed_forward(module)
     if previous is not None:
         if site.forward is not None and previous.table == site.forward.table and previous.backend == backend:
             return path, site.decisions  # a repeated kernelize: the same forward is already there
         previous.uninstall()  # kernelize is idempotent: always start from the original forward
     if site.forward is not None:
-        make_forward(module, site.forward, backend).install()
+        forward = make_forward(module, site.forward, backend)
+        forward.owner = host if host is not None else module
+        forward.install()
     return path, site.decisions
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -71,7 +71,7 @@ def replace_kernel_forward_from_hub(cls: type[nn.Module], layer_name: str) -> No
     use_kernel_forward_from_hub(layer_name)(cls)
 
 
-def mark_forward(cls: type[nn.Module]) -> None:
+def mark_forward(cls: type[nn.Module]) -> bool:
     """Wrap `cls.forward` so dynamo traces each call between hubkernels boundary markers.
 
     In eager the wrapper just calls the forward (one extra frame and a constant check per call).
@@ -86,6 +86,7 @@ def mark_forward(cls: type[nn.Module]) -> None:
     ...         return x
     >>> original = Norm.forward
     >>> mark_forward(Norm)
+    True
     >>> Norm.forward is original, Norm.forward.__wrapped__ is original
     (False, True)
     >>> import inspect; str(inspect.signature(Norm.forward))
@@ -93,9 +94,9 @@ def mark_forward(cls: type[nn.Module]) -> None:
     """
     forward = cls.forward
     if getattr(forward, MARKED_ATTR, False) or forward is nn.Module.forward:
-        return
+        return False
     if cls.__module__.split(".")[0] == "torch":
-        return
+        return False
 
     @functools.wraps(forward)
     def marked_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -105,6 +106,7 @@ def mark_forward(cls: type[nn.Module]) -> None:
 
     setattr(marked_forward, MARKED_ATTR, True)
     cls.forward = marked_forward  # type: ignore[method-assign]
+    return True
 
 
 class KernelizableFunction:
@@ -193,6 +195,60 @@ def use_kernelized_func(*functions: KernelizableFunction) -> Callable[[type[nn.M
         return cls
 
     return decorator
+
+
+# Where the Hugging Face `kernels` package keeps a host module's own copies of the functions it
+# marked with its `use_kernelized_func` (a plain dict in the instance, not registered submodules).
+HUB_FUNCS_ATTR = "_kernel_funcs"
+
+
+def extensible_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every extensible site of `model` as (path, module): marked submodules, and the per-instance
+    function modules of `kernels`' `use_kernelized_func` (`<host path>.<name>`), which
+    `named_modules()` does not list.
+
+    >>> from torch import nn
+    >>> @use_kernel_forward_from_hub("Twice")
+    ... class Twice(nn.Module):
+    ...     def forward(self, x):
+    ...         return 2 * x
+    >>> [path for path, _ in extensible_modules(nn.Sequential(nn.Linear(2, 2), Twice()))]
+    ['1']
+    """
+    for path, module in model.named_modules():
+        if layer_name_of(module) is not None:
+            yield path, module
+        for name, function in vars(module).get(HUB_FUNCS_ATTR, {}).items():
+            if isinstance(function, nn.Module) and layer_name_of(function) is not None:
+                yield (f"{path}.{name}" if path else name), function
+
+
+def hub_function_hosts(model: nn.Module) -> dict[int, nn.Module]:
+    """{id(function module): its host module} for `kernels`' per-instance function modules."""
+    return {
+        id(function): module
+        for module in model.modules()
+        for function in vars(module).get(HUB_FUNCS_ATTR, {}).values()
+    }
+
+
+def mark_hub_classes() -> int:
+    """Give every loaded class marked only by its `kernel_layer_name` (by the `kernels` package or
+    transformers) the same call-boundary wrapper kernel_fx's decorator puts on its forward, so the
+    compiled pass binds its calls exactly. Eager behaviour is unchanged; classes loaded later
+    are marked on the next call. Returns how many classes were marked now."""
+    marked = 0
+    seen: set[type] = set()
+    pending = list(nn.Module.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        pending.extend(cls.__subclasses__())
+        if isinstance(vars(cls).get(LAYER_NAME_ATTR), str) and not getattr(cls.forward, MARKED_ATTR, False):
+            marked += mark_forward(cls)
+    return marked
 
 
 def layer_name_of(module: nn.Module) -> str | None:

@@ -68,6 +68,7 @@ from torch import fx
 
 from .. import markers
 from ..graph_records import GraphRecord
+from ..layers import mark_hub_classes
 from ..modes import Mode
 from ..report import Report
 from .frame import current_frame
@@ -75,6 +76,9 @@ from .graph_pass import run_pass
 from .options import Options
 
 markers.allow_markers()
+# torch.compile(backend="hubkernels") imports this module before dynamo traces: mark the classes the
+# `kernels` package or transformers marked, so their calls are traced between markers too.
+mark_hub_classes()
 
 # -- the backend ---------------------------------------------------------------------------------
 
@@ -92,6 +96,7 @@ class HubKernelsBackend:
     def __init__(self, *, inner: str | Callable[..., Any] = "inductor", mode: Mode | str | None = None,
                  device: str | torch.device | None = None, use_fallback: bool = True, autotune: bool = False) -> None:
         self.options = Options(inner, mode, device, use_fallback, autotune)  # type: ignore[arg-type]
+        mark_hub_classes()  # classes loaded since this module was imported
         self.records: list[GraphRecord] = []
 
     @property

@@ -6,8 +6,8 @@ how those paths read in a report.
 >>> model = nn.Sequential(nn.Linear(2, 2))
 >>> FrameInfo({"self": model}).resolve("L['self']._modules['0']") is model[0]
 True
->>> display_path("L['self'].layers.0.mlp"), display_path("G['model'].norm")
-('layers.0.mlp', 'model.norm')
+>>> display_path("L['self'].layers.0.mlp"), display_path("G['model'].norm"), display_path("L['args'][0].model.norm")
+('layers.0.mlp', 'model.norm', 'model.norm')
 """
 
 from __future__ import annotations
@@ -88,10 +88,13 @@ def normalize_path(path: str) -> str:
 def display_path(path: str) -> str:
     """`L['self'].layers.0.mlp` -> `layers.0.mlp`; `G['model'].norm` -> `model.norm`.
 
-    The compiled module itself is `L['self']`, or `L['fn']` when dynamo starts in a wrapper.
+    The compiled module itself is `L['self']`, `L['fn']` when dynamo starts in a wrapper, or
+    `L['args'][0]` when a wrapper takes it positionally (transformers' output-capturing forward).
     """
     match = _ROOT.match(path)
     if match is None:
         return path
     rest = path[match.end():]
+    if match.group(1) == "L" and match.group(2) == "args" and rest.startswith("[0]"):
+        return rest[3:].lstrip(".")
     return rest.lstrip(".") if match.group(1) == "L" and match.group(2) in ("self", "fn") else match.group(2) + rest

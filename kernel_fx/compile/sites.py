@@ -40,6 +40,7 @@ class SiteIdentity(NamedTuple):
     layer_name: str
     path: str
     key: tuple[str, str] | None
+    host: nn.Module | None = None  # the module calling a global function module (`kernels`' marked functions)
 
 
 @dataclass(frozen=True)
@@ -276,12 +277,21 @@ def _identity(graph: _GraphIndex, marker: fx.Node) -> SiteIdentity:
             module, name = None, marked_class.rsplit(".", 1)[-1]
             if not (cls is not None and markers.class_name(cls) == marked_class):
                 key = None
+    shown = display_path(path) if key is not None else f"<{name}>"
+    host = None
+    if key is not None and path.startswith("G[") and len(stack) >= 2:
+        # a global function module (`kernels`' use_kernelized_func): name it after its caller, as
+        # kernelize names the caller's own copy
+        host_path = stack[-2][1][0]
+        host = graph.frame.resolve(host_path)
+        shown = f"{display_path(host_path)}.{layer_name}"
     return SiteIdentity(
         module=module,
         module_class=name,
         layer_name=layer_name or "?",
-        path=display_path(path) if key is not None else f"<{name}>",
+        path=shown,
         key=(key, path) if key is not None else None,
+        host=host if isinstance(host, nn.Module) else None,
     )
 
 
@@ -307,6 +317,8 @@ def _marked(graph: _GraphIndex, enter: fx.Node, exit_: fx.Node) -> Site:
     start, end = graph.position[enter], graph.position[exit_]
     nodes = tuple(graph.nodes[start : end + 1])
     _token, training, names, _class, _layer = enter.args[0]
+    if identity.host is not None:  # a global function module's own flag is never set by model.eval()
+        training = identity.host.training
     values = iter(enter.args[1:])
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
@@ -433,7 +445,7 @@ def _with_nesting(sites: list[Site]) -> list[Site]:
         while stack and result[stack[-1]].end < site.start:
             stack.pop()
         enclosing = stack[-1] if stack and site.end <= result[stack[-1]].end else None
-        module_id = id(site.module) if site.module is not None else -len(result) - 1
+        module_id = (id(site.module), site.path) if site.module is not None else -len(result) - 1
         index = calls.get(module_id, 0)
         calls[module_id] = index + 1
         result.append(replace(site, enclosing=enclosing, call_index=index))
