@@ -12,17 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from torch import fx
 
 from .. import markers
-from ..graph_records import GraphRecord, GraphSnapshot
+from ..graph_records import GraphRecord, GraphSnapshot, SiteDiff
 from ..report import Report
 from .apply import apply
 from .autotune import MEMO_KEY as AUTOTUNE
 from .checks import DEFAULT_CHECKS
-from .decide import Check, Compiler, PassContext, decide
+from .decide import Check, Compiler, PassContext, SiteDecision, decide
 from .frame import FrameInfo, current_compile_id
 from .options import Options
 from .sites import find_sites
@@ -36,11 +37,34 @@ def requires(gm: fx.GraphModule) -> None:
 
 
 def ensures(gm: fx.GraphModule) -> None:
-    """After the pass: well formed, and no marker op left."""
+    """After the pass: well formed, and no marker op left (in bodies of higher-order ops neither)."""
     gm.graph.lint()
     left = [n.name for n in gm.graph.nodes if n.op == "call_function" and markers.is_marker(n.target)]
     if left:
         raise AssertionError(f"kernel_fx left marker ops in the graph: {', '.join(left)}")
+    for body, _inputs in _bodies(gm, []):
+        ensures(body)
+
+
+def _bodies(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[tuple[fx.GraphModule, list[Any]]]:
+    """The body graphs of activation checkpointing (`tag_activation_checkpoint`) in `gm`, each with
+    example inputs: the real tensor where the body's input is one of `gm`'s inputs (parameters,
+    so sites bind their module's weights), else the fake value dynamo recorded."""
+    import torch
+
+    hop = getattr(torch.ops.higher_order, "tag_activation_checkpoint", None)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    real = dict(zip(placeholders, example_inputs))
+    found = []
+    for node in gm.graph.nodes:
+        if hop is None or node.op != "call_function" or node.target is not hop:
+            continue
+        body_node, *operands = node.args
+        body = getattr(gm, str(body_node.target), None) if isinstance(body_node, fx.Node) else None
+        if isinstance(body, fx.GraphModule):
+            inputs = [real.get(a, a.meta.get("example_value", a.meta.get("val"))) if isinstance(a, fx.Node) else a for a in operands]
+            found.append((body, inputs))
+    return found
 
 
 def run_pass(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options, *, frame: FrameInfo,
@@ -49,12 +73,14 @@ def run_pass(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options
     start = time.perf_counter()
     requires(gm)
     before = GraphSnapshot.of(gm, keep=True)
-    sites = find_sites(gm, example_inputs, frame)
-    context = PassContext(options, gm, example_inputs, sites, compile_fn, inner)
-    decided = decide(sites, context, checks)
-    diffs = apply(gm, [d.substitution for d in decided if d.substitution is not None])
+    decided, diffs, tuner = _one_graph(gm, example_inputs, options, frame, compile_fn, inner, checks)
+    for body, inputs in _bodies(gm, example_inputs):  # checkpointed layers: their sites, decided alike
+        inner_decided, inner_diffs, _ = _one_graph(body, inputs, replace(options, autotune=False), frame, compile_fn, inner, checks)
+        decided += inner_decided
+        diffs += inner_diffs
+    if _bodies(gm, example_inputs):
+        gm.recompile()
     ensures(gm)
-    tuner = context.memos.get(AUTOTUNE)
     record = GraphRecord(
         index=index,
         compile_id=current_compile_id(),
@@ -69,3 +95,12 @@ def run_pass(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options
     record.pass_seconds = time.perf_counter() - start
     logger.info("kernel_fx hubkernels graph %s: %s", record.index, Report(record.decisions).summary())
     return record
+
+
+def _one_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options, frame: FrameInfo, compile_fn: Compiler,
+               inner: str, checks: Sequence[Check]) -> tuple[list[SiteDecision], list[SiteDiff], Any]:
+    sites = find_sites(gm, example_inputs, frame)
+    context = PassContext(options, gm, example_inputs, sites, compile_fn, inner)
+    decided = decide(sites, context, checks)
+    diffs = apply(gm, [d.substitution for d in decided if d.substitution is not None])
+    return decided, diffs, context.memos.get(AUTOTUNE)
