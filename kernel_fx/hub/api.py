@@ -1,9 +1,10 @@
 """Loading kernels as modules: from the Hub, from a lock file, or from a local directory.
 
-Every function first honours `KERNEL_FX_LOCAL_KERNELS` (a mapped repo id loads from its local
-path). A Hub kernel is pinned to a commit (see `resolve`), one build variant is chosen for this
-system (see `variants`), only that variant is downloaded, and its code is imported under the
-metadata `id` once the repo passed the trust gate (see `trust`) and the files their `digest`.
+Every function first honours `KERNEL_FX_LOCAL_KERNELS` and, except `load_kernel` (as in the
+`kernels` package), `LOCAL_KERNELS`: a mapped repo id loads from its local path. A Hub kernel is
+pinned to a commit (see `resolve`), one build variant is chosen for this system (see `variants`),
+only that variant is downloaded, and its code is imported under the metadata `id` once the repo
+passed the trust gate (see `trust`) and the files their `digest` (see `integrity`).
 
 >>> import os, tempfile
 >>> from pathlib import Path
@@ -132,18 +133,21 @@ def get_kernel_variants(
 
 
 def load_kernel(repo_id: str, *, lockfile: str | Path | None = None, backend: str | None = None) -> ModuleType:
-    """Import `repo_id` as pinned in `lockfile`, from the cache only, after checking every file's sha256.
+    """Import `repo_id` as pinned in `lockfile`, from the cache only, after checking its files.
 
     Never downloads (`kernel-fx download LOCKFILE` fetches what a lock names). Without `lockfile`,
-    the nearest `kernel-fx.lock` in the working directory or its parents is used. Lock-verified
-    kernels need no trust opt-in.
+    the nearest `kernel-fx.lock` or `kernels.lock` in the working directory or its parents is
+    used. A `kernel-fx.lock` pins every file's sha256; a `kernels.lock` (the `kernels` package's)
+    pins the commit, and the files are checked against the digest in the variant's metadata.
+    Lock-pinned kernels need no trust opt-in. A lock file that cannot be read or has no entry for
+    `repo_id` raises `LockfileError`, a `ValueError` as in `kernels`.
 
     >>> load_kernel("org/act", lockfile="/nonexistent/kernel-fx.lock")
     Traceback (most recent call last):
     ...
     kernel_fx.hub.errors.LockfileError: Lock file /nonexistent/kernel-fx.lock does not exist; create it with `kernel-fx lock`.
     """
-    override = env.local_kernels().get(repo_id)
+    override = env.local_kernels(locked=True).get(repo_id)
     if override is not None:
         return load_local(override, backend=backend, repo_id=repo_id)
     # imported here: lock files are not on get_kernel's path, and `import kernel_fx` should stay cheap
@@ -156,7 +160,7 @@ def load_kernel(repo_id: str, *, lockfile: str | Path | None = None, backend: st
     if module is not None:  # its code already ran in this process: checking the files now protects nothing
         return module
     verified_dir(entry, path)
-    check_digest(variant_dir, read_metadata(variant_dir), where=str(entry))
+    check_digest(variant_dir, read_metadata(variant_dir), where=str(entry), warn_missing=entry.files is None)
     source = KernelSource(repo_id, entry.variant, str(variant_dir), revision=entry.revision, commit=entry.commit)
     return import_variant(variant_dir, source)
 

@@ -3,13 +3,19 @@
 | variable | meaning |
 |---|---|
 | `KERNEL_FX_CACHE` | cache directory, passed to huggingface_hub as `cache_dir` (default: its `HF_HUB_CACHE`) |
+| `KERNELS_CACHE` | the Hugging Face `kernels` package's name for the same, used when `KERNEL_FX_CACHE` is unset |
 | `KERNEL_FX_LOCAL_KERNELS` | `org/name=/path` overrides, separated by `:` or `,` |
+| `LOCAL_KERNELS` | `kernels`' overrides, `org/name=/path` separated by `:` only; as in `kernels`, not for locked loads; `KERNEL_FX_LOCAL_KERNELS` wins for a repo named in both |
 | `KERNEL_FX_TRUSTED` | comma-separated owners or repo ids whose kernels may run without opt-in |
 | `HF_HUB_OFFLINE` | `1`: resolve everything from the cache, never open a connection |
 | `HF_ENDPOINT` | the Hub to talk to; read here too because huggingface_hub reads it only at import |
 
+Zipped builds are unpacked under `<cache>/.kernel_fx/unzipped/` (see `archives`).
+
 >>> {k: v.as_posix() for k, v in parse_local_kernels("org/a=/opt/a:org/b=C:/kernels/b,org/c=rel/c").items()}
 {'org/a': '/opt/a', 'org/b': 'C:/kernels/b', 'org/c': 'rel/c'}
+>>> {k: v.as_posix() for k, v in parse_kernels_local_kernels("org/a=/opt/a:org/b=rel/b").items()}
+{'org/a': '/opt/a', 'org/b': 'rel/b'}
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import KernelLoadError
+from .errors import EnvironmentVariableError
 
 _TRUE = {"1", "ON", "YES", "TRUE"}  # the values huggingface_hub accepts as true
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -27,8 +33,8 @@ _ENTRY_SPLIT = re.compile(r"[,:](?=[\w.-]+/[\w.-]+=)")
 
 
 def cache_dir() -> str | None:
-    """`KERNEL_FX_CACHE`, or None to let huggingface_hub use its default cache."""
-    return os.environ.get("KERNEL_FX_CACHE") or None
+    """`KERNEL_FX_CACHE`, else `KERNELS_CACHE`, else None to let huggingface_hub use its default cache."""
+    return os.environ.get("KERNEL_FX_CACHE") or os.environ.get("KERNELS_CACHE") or None
 
 
 def hub_cache_dir() -> Path:
@@ -66,9 +72,21 @@ def endpoint_label() -> str:
     return constants.ENDPOINT
 
 
-def local_kernels() -> dict[str, Path]:
-    """`KERNEL_FX_LOCAL_KERNELS` as {repo_id: path}."""
-    return parse_local_kernels(os.environ.get("KERNEL_FX_LOCAL_KERNELS", ""))
+def unpack_root() -> Path:
+    """Where zipped builds are unpacked: a kernel_fx folder inside the cache."""
+    return hub_cache_dir() / ".kernel_fx" / "unzipped"
+
+
+def local_kernels(*, locked: bool = False) -> dict[str, Path]:
+    """The local overrides as {repo_id: path}: `LOCAL_KERNELS` (unless `locked`) under `KERNEL_FX_LOCAL_KERNELS`.
+
+    `kernels` 0.19 does not apply `LOCAL_KERNELS` to kernels loaded from a lock file; kernel_fx's
+    own variable applies everywhere.
+    """
+    ours = parse_local_kernels(os.environ.get("KERNEL_FX_LOCAL_KERNELS", ""))
+    if locked:
+        return ours
+    return {**parse_kernels_local_kernels(os.environ.get("LOCAL_KERNELS", "")), **ours}
 
 
 def parse_local_kernels(value: str) -> dict[str, Path]:
@@ -77,7 +95,7 @@ def parse_local_kernels(value: str) -> dict[str, Path]:
     for entry in filter(None, (e.strip() for e in _ENTRY_SPLIT.split(value))):
         repo_id, sep, path = entry.partition("=")
         if not sep or not REPO_ID.match(repo_id) or not path:
-            raise KernelLoadError(
+            raise EnvironmentVariableError(
                 f"KERNEL_FX_LOCAL_KERNELS entry {entry!r} must be 'org/name=/path/to/repo'; "
                 "separate entries with ':' or ','."
             )
@@ -89,3 +107,17 @@ def trusted() -> frozenset[str]:
     """`KERNEL_FX_TRUSTED`: owners (`org`) or repo ids (`org/name`)."""
     value = os.environ.get("KERNEL_FX_TRUSTED", "")
     return frozenset(e.strip() for e in value.split(",") if e.strip())
+
+
+def parse_kernels_local_kernels(value: str) -> dict[str, Path]:
+    """`LOCAL_KERNELS` as `kernels` 0.19 reads it: `org/a=/path/a:org/b=/path/b`, split at every `:`."""
+    overrides: dict[str, Path] = {}
+    for entry in value.split(":") if value.strip() else ():
+        repo_id, sep, path = entry.strip().partition("=")
+        if not sep or not repo_id or not path:
+            raise EnvironmentVariableError(
+                f"LOCAL_KERNELS entry {entry!r} must be 'org/name=/path/to/repo'; separate entries with ':' "
+                "(a path with ':' needs KERNEL_FX_LOCAL_KERNELS)."
+            )
+        overrides[repo_id] = Path(path).expanduser()
+    return overrides

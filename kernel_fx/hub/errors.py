@@ -1,12 +1,14 @@
 """Why loading a kernel from the Hub failed, one type per cause.
 
-All are `KernelLoadError`s, so `kernelize(use_fallback=True)` records any of them as the site's
-fallback reason, with the message; callers that care catch the precise type.
+All but `LockfileError` are `KernelLoadError`s, so `kernelize(use_fallback=True)` records any of
+them as the site's fallback reason, with the message; callers that care catch the precise type.
+Where Hugging Face `kernels` 0.19 raises `ValueError` for the same cause (a lock file that cannot
+be used, a malformed `LOCAL_KERNELS`), the type is a `ValueError` too.
 """
 
 from __future__ import annotations
 
-from ..errors import KernelLoadError
+from ..errors import KernelFxError, KernelLoadError
 
 
 class HubUnavailableError(KernelLoadError):
@@ -45,5 +47,13 @@ class UntrustedKernelError(KernelLoadError):
     """The kernel's code would run on import, but its repo is not trusted."""
 
 
-class LockfileError(KernelLoadError):
-    """A lock file or a project's kernel declaration is missing or malformed."""
+class LockfileError(KernelFxError, ValueError):
+    """A lock file or a project's kernel declaration is missing, malformed, or has no entry for the kernel.
+
+    Not a `KernelLoadError`: a lock that was asked for and cannot be used is a configuration
+    error, never a reason to fall back to the original forward quietly.
+    """
+
+
+class EnvironmentVariableError(KernelLoadError, ValueError):
+    """An environment variable that steers loading (`KERNEL_FX_LOCAL_KERNELS`, `LOCAL_KERNELS`) is malformed."""

@@ -2,6 +2,10 @@
 
 Each variant path is imported once per process and cached; two versions of one kernel carry
 different ids (or paths), so they coexist in `sys.modules`.
+
+Where the package is, as in Hugging Face `kernels` 0.19: `<variant>/__init__.py`; else
+`<variant>/<name>/__init__.py` (`name` from the metadata, `-` read as `_`); or, for a zipped build
+(`"build-layout": "zip"`), the root of `<variant>/<id>.zip`, unpacked first (see `archives`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -17,10 +22,12 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import KernelLoadError
+from . import archives, env
 
 logger = logging.getLogger(__name__)
 
 SOURCE_ATTR = "__kernel_fx_source__"
+_KERNEL_NAME = re.compile(r"^[a-z][-a-z0-9]*[a-z0-9]$")  # the kernel names `kernels` accepts
 
 _imported: dict[Path, ModuleType] = {}
 _lock = threading.RLock()
@@ -56,13 +63,38 @@ def read_metadata(variant_dir: Path) -> dict:
         raise KernelLoadError(f"Cannot read {path}: {exc}.") from exc
 
 
-def module_name_for(variant_dir: Path, metadata: dict) -> str:
+@dataclass(frozen=True)
+class Package:
+    """Where a variant's Python package is: its `__init__.py` and the folders its submodules come from."""
+
+    init: Path
+    search: tuple[Path, ...]
+
+
+def find_package(variant_dir: Path, metadata: dict, *, label: object = None) -> Package:
+    """The package of `variant_dir` in any layout (see the module docstring), or a `KernelLoadError`."""
+    where = label or variant_dir
+    if archives.layout(metadata, where) == "zip":
+        unpacked = archives.unpacked(variant_dir, metadata, root=env.unpack_root())
+        return Package(unpacked / "__init__.py", (variant_dir, unpacked))  # `kernels` searches the variant first
+    candidates = [variant_dir]
+    if isinstance(metadata.get("name"), str) and _KERNEL_NAME.match(metadata["name"]):
+        candidates.append(variant_dir / metadata["name"].replace("-", "_"))
+    for folder in candidates:
+        if (folder / "__init__.py").is_file():
+            return Package(folder / "__init__.py", (folder,))
+    tried = " or ".join(str(c / "__init__.py") for c in candidates)
+    raise KernelLoadError(f"Kernel {where} has no package: no {tried}, and its metadata names no zipped build.")
+
+
+def module_name_for(variant_dir: Path, metadata: dict, package: Package | None = None) -> str:
     """A module name unique to this variant directory, based on metadata `id` where present."""
     digest = hashlib.sha256(str(variant_dir).encode()).hexdigest()[:10]
     base = metadata.get("id") or f"kernel_fx_kernel_{digest}"
     base = "".join(c if c.isalnum() or c == "_" else "_" for c in str(base))
     existing = sys.modules.get(base)
-    if existing is None or Path(getattr(existing, "__file__", "")).parent == variant_dir:
+    home = package.init.parent if package is not None else variant_dir
+    if existing is None or Path(getattr(existing, "__file__", "")).parent == home:
         return base
     return f"{base}_{digest}"  # the same id from another path: another version of the kernel
 
@@ -83,19 +115,18 @@ def import_variant(variant_dir: Path, source: KernelSource) -> ModuleType:
         module = _imported.get(variant_dir)
         if module is not None:
             return module
-        init = variant_dir / "__init__.py"
-        if not init.is_file():
-            raise KernelLoadError(f"Kernel {source} variant {source.variant!r} has no __init__.py in {variant_dir}.")
-        name = module_name_for(variant_dir, read_metadata(variant_dir))
-        module = _exec_package(name, init, variant_dir, source)
+        metadata = read_metadata(variant_dir)
+        package = find_package(variant_dir, metadata, label=f"{source} variant {source.variant!r}")
+        name = module_name_for(variant_dir, metadata, package)
+        module = _exec_package(name, package, source)
         setattr(module, SOURCE_ATTR, source)
         _imported[variant_dir] = module
         logger.debug("imported kernel %s (%s) as %s", source, source.variant, name)
         return module
 
 
-def _exec_package(name: str, init: Path, variant_dir: Path, source: KernelSource) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(variant_dir)])
+def _exec_package(name: str, package: Package, source: KernelSource) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, package.init, submodule_search_locations=[str(p) for p in package.search])
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     before = set(sys.modules)

@@ -1,8 +1,14 @@
 """sha256 of a variant's files, checked against a lock file or the metadata `digest` before import.
 
 A variant's files are every regular file under `build/<variant>/`, by path relative to it, except
-the `__pycache__` Python writes on import. The metadata `digest`, when present, has the form
-`{"sha256": {"<relative path>": "<hex>", ...}}` and covers every file but `metadata.json` itself.
+the `__pycache__` Python writes on import. The metadata `digest`, when present, has one of two forms:
+
+- Hugging Face `kernels` 0.19: `{"algorithm": "sha256" | "sha512", "files": {"<relative path>": "<base64>"}}`,
+  covering every file but the top-level `metadata.json` and `metadata.json.sigstore` and Python
+  bytecode (`*.pyc`, `__pycache__/`);
+- kernel_fx's own: `{"sha256": {"<relative path>": "<hex>", ...}}`, covering every file but `metadata.json`.
+
+A Hub kernel without a digest loads with a warning, as in `kernels`: nothing vouches for its files.
 
 >>> import tempfile
 >>> d = Path(tempfile.mkdtemp())
@@ -20,18 +26,27 @@ kernel_fx.hub.errors.KernelIntegrityError: Files of ... differ from the test loc
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import logging
 from pathlib import Path
 from typing import Mapping
 
 from .errors import KernelIntegrityError
 
+logger = logging.getLogger(__name__)
+
 _CHUNK = 1 << 20
+KERNELS_DIGEST_ALGORITHMS = ("sha256", "sha512")
+# Outside a `kernels` digest: the metadata that carries it and its signature (top level only).
+KERNELS_DIGEST_EXCLUDED = ("metadata.json", "metadata.json.sigstore")
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of one file, read in chunks (compiled kernels can be hundreds of MB)."""
-    digest = hashlib.sha256()
+def sha256_file(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest (sha256 unless `algorithm` says otherwise) of one file, read in chunks
+    (compiled kernels can be hundreds of MB)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
@@ -54,16 +69,30 @@ def hash_files(variant_dir: Path) -> dict[str, str]:
     return {rel: sha256_file(path) for rel, path in variant_files(variant_dir).items()}
 
 
-def verify_files(variant_dir: Path, expected: Mapping[str, str], *, what: str, ignore: tuple[str, ...] = ()) -> None:
-    """Raise `KernelIntegrityError` unless the variant's files are exactly `expected` (by sha256).
+def verify_files(
+    variant_dir: Path,
+    expected: Mapping[str, str],
+    *,
+    what: str,
+    ignore: tuple[str, ...] = (),
+    algorithm: str = "sha256",
+    ignore_bytecode: bool = False,
+) -> None:
+    """Raise `KernelIntegrityError` unless the variant's files are exactly `expected` (hex digests).
 
     Modified, missing and unexpected files are all refused: an extra file is code that nobody
-    pinned. `ignore` names files outside the check (the metadata that carries the digest).
+    pinned. `ignore` names files outside the check (the metadata that carries the digest);
+    `ignore_bytecode` leaves `*.pyc` files out too.
     """
-    actual = {rel: path for rel, path in variant_files(variant_dir).items() if rel not in ignore}
+    actual = {
+        rel: path for rel, path in variant_files(variant_dir).items()
+        if rel not in ignore and not (ignore_bytecode and rel.endswith(".pyc"))
+    }
     problems = [f"missing {rel}" for rel in sorted(set(expected) - set(actual))]
     problems += [f"unexpected {rel}" for rel in sorted(set(actual) - set(expected))]
-    problems += [f"modified {rel}" for rel in sorted(set(actual) & set(expected)) if sha256_file(actual[rel]) != expected[rel]]
+    problems += [
+        f"modified {rel}" for rel in sorted(set(actual) & set(expected)) if sha256_file(actual[rel], algorithm) != expected[rel]
+    ]
     if problems:
         raise KernelIntegrityError(
             f"Files of {variant_dir} differ from {what}: {', '.join(problems)}. Refusing to import them; "
@@ -71,13 +100,40 @@ def verify_files(variant_dir: Path, expected: Mapping[str, str], *, what: str, i
         )
 
 
-def check_digest(variant_dir: Path, metadata: Mapping, *, where: str) -> None:
-    """Verify the variant against its metadata `digest`, if it has one."""
+def check_digest(variant_dir: Path, metadata: Mapping, *, where: str, warn_missing: bool = True) -> None:
+    """Verify the variant against its metadata `digest`, in either form; without one, warn (unless told not to)."""
     digest = metadata.get("digest")
+    what = f"the digest in its metadata.json ({where})"
     if digest is None:
+        if warn_missing:
+            logger.warning("kernel_fx: %s has no digest in its metadata.json, so its files cannot be verified.", where)
+        return
+    if isinstance(digest, Mapping) and "algorithm" in digest:
+        expected, algorithm = _kernels_digest(digest, where)
+        verify_files(variant_dir, expected, what=what, ignore=KERNELS_DIGEST_EXCLUDED, algorithm=algorithm, ignore_bytecode=True)
         return
     if not isinstance(digest, Mapping) or not isinstance(digest.get("sha256"), Mapping):
         raise KernelIntegrityError(
-            f"metadata.json of {where} has digest={digest!r}; supported: {{\"sha256\": {{\"<file>\": \"<hex>\", ...}}}}."
+            f"metadata.json of {where} has digest={digest!r}; supported: {{\"algorithm\": \"sha256\" or \"sha512\", "
+            f"\"files\": {{\"<file>\": \"<base64>\", ...}}}} or {{\"sha256\": {{\"<file>\": \"<hex>\", ...}}}}."
         )
-    verify_files(variant_dir, digest["sha256"], what=f"the digest in its metadata.json ({where})", ignore=("metadata.json",))
+    verify_files(variant_dir, digest["sha256"], what=what, ignore=("metadata.json",))
+
+
+def _kernels_digest(digest: Mapping, where: str) -> tuple[dict[str, str], str]:
+    """The `kernels` digest's files as {path: hex digest}, and its algorithm."""
+    algorithm, files = digest.get("algorithm"), digest.get("files")
+    if algorithm not in KERNELS_DIGEST_ALGORITHMS or not isinstance(files, Mapping):
+        raise KernelIntegrityError(
+            f"metadata.json of {where} has digest algorithm={algorithm!r} and files of type {type(files).__name__}; "
+            f"supported: algorithm one of {', '.join(KERNELS_DIGEST_ALGORITHMS)} and files a {{path: base64 digest}} object."
+        )
+    return {rel: _hex(value) for rel, value in files.items()}, algorithm
+
+
+def _hex(value: object) -> str:
+    """A base64 digest as hex; a value that is not base64 stays as it is, and so matches no file."""
+    try:
+        return base64.b64decode(str(value), validate=True).hex()
+    except (binascii.Error, ValueError):
+        return f"not base64: {value!r}"

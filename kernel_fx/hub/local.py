@@ -1,5 +1,7 @@
 """Kernels from local directories in the Hub layout (`<repo>/build/<variant>/`).
 
+As in the `kernels` package, the path may also hold the variants itself (`<path>/<variant>/`, e.g.
+a build output) or be one variant (with `__init__.py` or `metadata.json`, no `build/`).
 Local code is the user's own: no trust gate and no digest check (it is edited in place).
 
 >>> import tempfile
@@ -17,15 +19,23 @@ from types import ModuleType
 
 from ..errors import KernelLoadError
 from .importer import KernelSource, import_variant
-from .variants import VariantCheck, check_variants, choose_variant, system_info
+from .variants import VariantCheck, check_variants, choose_variant, parse_variant, system_info
+
+
+def variants_folder(repo_path: Path) -> Path:
+    """`repo_path/build`, or `repo_path` itself when its subfolders are named like variants."""
+    build = Path(repo_path) / "build"
+    if build.is_dir():
+        return build
+    if Path(repo_path).is_dir() and any(parse_variant(p.name) for p in Path(repo_path).iterdir() if p.is_dir()):
+        return Path(repo_path)
+    raise KernelLoadError(f"Local kernel repo {repo_path} has no build/ directory; expected build/<variant>/__init__.py.")
 
 
 def list_local_variants(repo_path: Path) -> list[str]:
-    """The variant directory names under `repo_path/build`."""
-    build = Path(repo_path) / "build"
-    if not build.is_dir():
-        raise KernelLoadError(f"Local kernel repo {repo_path} has no build/ directory; expected build/<variant>/__init__.py.")
-    return sorted(p.name for p in build.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    """The variant directory names under `repo_path/build` (or `repo_path`, see `variants_folder`)."""
+    folder = variants_folder(repo_path)
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
 
 def get_local_kernel(repo_path: str | Path, *, backend: str | None = None) -> ModuleType:
@@ -44,7 +54,7 @@ def load_local(repo_path: str | Path, *, backend: str | None = None, repo_id: st
         return import_variant(repo_path, KernelSource(label, repo_path.name, str(repo_path)))
     system = system_info(backend)
     choice = choose_variant(list_local_variants(repo_path), system, where=label)
-    variant_dir = repo_path / "build" / choice.name
+    variant_dir = variants_folder(repo_path) / choice.name
     return import_variant(variant_dir, KernelSource(label, choice.name, str(variant_dir)))
 
 
@@ -58,4 +68,6 @@ def local_variant_checks(repo_path: str | Path, *, backend: str | None = None) -
 
 def _is_variant_dir(path: Path) -> bool:
     # A repo root may be a Python package itself (the bundled one is); build/ marks it as a repo.
-    return (path / "__init__.py").is_file() and not (path / "build").is_dir()
+    # A zipped build has no __init__.py, only metadata.json and its archive.
+    has_package = (path / "__init__.py").is_file() or (path / "metadata.json").is_file()
+    return has_package and not (path / "build").is_dir()

@@ -11,6 +11,11 @@ A repo may be locked for several variants (one per target system); loading picks
 fits. Files are relative to `build/<variant>/`. A locked kernel is loaded from the cache only, and
 only after every file matched its sha256.
 
+A `kernels.lock` of the Hugging Face `kernels` package is read too (see `kernels_lock`): it pins a
+commit per kernel, and loading picks the cached variant of that commit that fits, checked against
+the digest in its metadata. Whatever the format, a lock file that was asked for and cannot be read,
+or has no entry for the kernel, raises `LockfileError`.
+
 >>> entry = LockedVariant("org/act", "kernel", "v1", "ab" * 20, "torch-cpu", {"__init__.py": "0" * 64})
 >>> parse_entry(entry.as_dict(), "x.lock", 0) == entry
 True
@@ -23,11 +28,13 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Union
 
 from . import cache, env
-from .errors import LockfileError, NotCachedError
-from .integrity import hash_files, verify_files
+from .errors import LockfileError, NoVariantError, NotCachedError
+from .importer import read_metadata
+from .integrity import check_digest, hash_files, verify_files
+from .kernels_lock import KERNELS_LOCKFILE_NAME, LockedCommit, is_kernels_lock, parse_kernels_lock
 from .resolve import fetch, resolve
 from .revisions import Resolved
 from .variants import SystemInfo, choose_variant
@@ -44,18 +51,21 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class LockedVariant:
-    """One variant of one kernel, pinned to a commit, with the sha256 of each of its files."""
+    """One variant of one kernel, pinned to a commit, with the sha256 of each of its files.
+
+    `files` is None for a variant chosen from a `kernels.lock`, which records no file hashes.
+    """
 
     repo_id: str
     repo_type: str
     revision: str
     commit: str
     variant: str
-    files: dict[str, str] = field(hash=False)
+    files: dict[str, str] | None = field(hash=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"repo_id": self.repo_id, "repo_type": self.repo_type, "revision": self.revision,
-                "commit": self.commit, "variant": self.variant, "files": dict(sorted(self.files.items()))}
+                "commit": self.commit, "variant": self.variant, "files": dict(sorted((self.files or {}).items()))}
 
     def cached_dir(self) -> Path:
         """Where this variant lives in the cache (it may be absent)."""
@@ -66,23 +76,28 @@ class LockedVariant:
         return f"{self.repo_id}@{self.commit[:12]} variant {self.variant}"
 
 
+LockEntry = Union[LockedVariant, LockedCommit]
+
+
 # -- reading and writing ----------------------------------------------------------------------
 
 
 def find_lockfile(start: Path | None = None) -> Path:
-    """The nearest `kernel-fx.lock` in `start` (default: the working directory) or its parents."""
+    """The nearest `kernel-fx.lock` or `kernels.lock` in `start` (default: the working directory) or
+    its parents; in one folder, `kernel-fx.lock` (which also pins every file) wins."""
     here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        candidate = folder / LOCKFILE_NAME
-        if candidate.is_file():
-            return candidate
+        for name in (LOCKFILE_NAME, KERNELS_LOCKFILE_NAME):
+            if (folder / name).is_file():
+                return folder / name
     raise LockfileError(
-        f"No {LOCKFILE_NAME} in {here} or its parents; pass lockfile=, or create one with `kernel-fx lock` in the project."
+        f"No {LOCKFILE_NAME} or {KERNELS_LOCKFILE_NAME} in {here} or its parents; pass lockfile=, or create one with "
+        "`kernel-fx lock` in the project."
     )
 
 
-def read_lockfile(path: Path) -> list[LockedVariant]:
-    """The entries of the lock file at `path`, validated."""
+def read_lockfile(path: Path) -> list[LockEntry]:
+    """The entries of the lock file at `path` (either format), validated."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -90,8 +105,13 @@ def read_lockfile(path: Path) -> list[LockedVariant]:
         raise LockfileError(f"Lock file {path} does not exist; create it with `kernel-fx lock`.") from None
     except (OSError, ValueError) as exc:
         raise LockfileError(f"Cannot read lock file {path}: {exc}.") from exc
+    if is_kernels_lock(data):
+        return list(parse_kernels_lock(data, path))
     if not isinstance(data, dict) or data.get("kernel_fx_lock") != FORMAT_VERSION or not isinstance(data.get("kernels"), list):
-        raise LockfileError(f"{path} is not a kernel_fx lock file: expected {{\"kernel_fx_lock\": {FORMAT_VERSION}, \"kernels\": [...]}}.")
+        raise LockfileError(
+            f"{path} is neither a kernel_fx lock file (expected {{\"kernel_fx_lock\": {FORMAT_VERSION}, \"kernels\": [...]}}) "
+            "nor a kernels.lock (a JSON list)."
+        )
     return [parse_entry(item, path, i) for i, item in enumerate(data["kernels"])]
 
 
@@ -118,27 +138,50 @@ def write_lockfile(path: Path, entries: Iterable[LockedVariant]) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
-def choose_locked(entries: list[LockedVariant], repo_id: str, system: SystemInfo, lockfile: Path) -> LockedVariant:
-    """The locked variant of `repo_id` that fits `system`."""
+def choose_locked(entries: list[LockEntry], repo_id: str, system: SystemInfo, lockfile: Path) -> LockedVariant:
+    """The locked variant of `repo_id` that fits `system`.
+
+    From a `kernels.lock`, the first entry of `repo_id` is used (as `kernels` does), and the
+    variant is the cached one of its commit that fits.
+    """
     mine = [e for e in entries if e.repo_id == repo_id]
     if not mine:
         locked = ", ".join(sorted({e.repo_id for e in entries})) or "nothing"
         raise LockfileError(
             f"Lock file {lockfile} has no entry for {repo_id!r} (it locks: {locked}); add it with `kernel-fx lock {repo_id}`."
         )
+    if isinstance(mine[0], LockedCommit):
+        return cached_variant(mine[0], system, lockfile)
     choice = choose_variant([e.variant for e in mine], system, where=f"{repo_id} in lock file {lockfile}")
-    return next(e for e in mine if e.variant == choice.name)
+    return next(e for e in mine if isinstance(e, LockedVariant) and e.variant == choice.name)
+
+
+def cached_variant(entry: LockedCommit, system: SystemInfo, lockfile: Path) -> LockedVariant:
+    """The variant of `entry`'s commit that is in the cache and fits `system`."""
+    root = env.hub_cache_dir()
+    for repo_type in ("kernel", "model"):
+        folder = cache.repo_folder(root, repo_type, entry.repo_id)
+        if (folder / "snapshots" / entry.commit).is_dir():
+            where = f"{entry} in lock file {lockfile} (only the variants in the local cache were considered)"
+            choice = choose_variant(cache.cached_variants(folder, entry.commit), system, where=where)
+            return LockedVariant(entry.repo_id, repo_type, entry.requested, entry.commit, choice.name, None)
+    raise NotCachedError(
+        f"{entry} (locked in {lockfile}) is not in the cache {root}; fetch it with `kernel-fx download {lockfile}` "
+        "(set KERNEL_FX_CACHE to use another cache)."
+    )
 
 
 def verified_dir(entry: LockedVariant, lockfile: Path) -> Path:
-    """The cached directory of `entry`, after checking every file against the lock."""
+    """The cached directory of `entry`, after checking every file against the lock (a variant from a
+    `kernels.lock` has no file hashes there: the caller checks its metadata digest)."""
     variant_dir = entry.cached_dir()
     if not variant_dir.is_dir():
         raise NotCachedError(
             f"{entry} (locked in {lockfile}) is not in the cache {env.hub_cache_dir()}; "
             f"fetch it with `kernel-fx download {lockfile}` (set KERNEL_FX_CACHE to use another cache)."
         )
-    verify_files(variant_dir, entry.files, what=f"lock file {lockfile} ({entry})")
+    if entry.files is not None:
+        verify_files(variant_dir, entry.files, what=f"lock file {lockfile} ({entry})")
     return variant_dir
 
 
@@ -171,12 +214,20 @@ def _variants_to_lock(spec: KernelSpec, resolved: Resolved, system: SystemInfo) 
     return spec.variants
 
 
-def download_locked(entries: Iterable[LockedVariant], lockfile: Path) -> list[Path]:
-    """Make every locked variant present and verified in the cache; return their directories."""
-    from . import remote
+def download_locked(entries: Iterable[LockEntry], lockfile: Path, system: SystemInfo | None = None) -> list[Path]:
+    """Make every locked variant present and verified in the cache; return their directories.
 
+    For a `kernels.lock` entry, that is the variant of its commit that fits `system` (default: this one).
+    """
+    from . import remote
+    from .variants import system_info
+
+    system = system or system_info()
     paths = []
     for entry in entries:
+        if isinstance(entry, LockedCommit):
+            paths.append(_download_commit(entry, lockfile, system))
+            continue
         if not entry.cached_dir().is_dir():
             if env.offline():
                 raise NotCachedError(f"{entry} is not in the cache {env.hub_cache_dir()} and HF_HUB_OFFLINE is set; unset it to download.")
@@ -184,3 +235,20 @@ def download_locked(entries: Iterable[LockedVariant], lockfile: Path) -> list[Pa
             remote.download_variant(pinned, entry.variant)
         paths.append(verified_dir(entry, lockfile))
     return paths
+
+
+def _download_commit(entry: LockedCommit, lockfile: Path, system: SystemInfo) -> Path:
+    from . import remote
+
+    try:
+        locked = cached_variant(entry, system, lockfile)
+    except (NotCachedError, NoVariantError):
+        if env.offline():
+            raise
+        resolved = remote.resolve_remote(entry.repo_id, entry.commit, None)
+        choice = choose_variant(list(resolved.variants), system, where=f"{entry} in lock file {lockfile}")
+        remote.download_variant(resolved, choice.name)
+        locked = cached_variant(entry, system, lockfile)
+    variant_dir = verified_dir(locked, lockfile)
+    check_digest(variant_dir, read_metadata(variant_dir), where=str(locked))
+    return variant_dir

@@ -23,6 +23,9 @@ from .revisions import Resolved, announce_newer, requested
 
 logger = logging.getLogger(__name__)
 
+# Never downloaded, as in `kernels` 0.19: bytecode is outside the metadata digest, and Python would run it.
+BYTECODE_PATTERNS = ["*.pyc", "**/__pycache__/**"]
+
 # huggingface_hub 2.x speaks httpx2, 1.x httpx, 0.x requests: their connection errors share no base
 # class, and importing a transport the client does not use would cost time, so match by name.
 _TRANSPORT_ERRORS = {"TransportError", "TimeoutException", "NetworkError", "ConnectError", "RemoteProtocolError", "ConnectionError"}
@@ -110,6 +113,7 @@ def download_variant(resolved: Resolved, variant: str) -> tuple[Path, str]:
                 repo_type=resolved.repo_type,
                 revision=revision,
                 allow_patterns=[f"build/{variant}/*"],
+                ignore_patterns=BYTECODE_PATTERNS,
                 cache_dir=env.cache_dir(),
                 endpoint=env.endpoint(),
                 library_name="kernel_fx",
@@ -121,8 +125,8 @@ def download_variant(resolved: Resolved, variant: str) -> tuple[Path, str]:
     if commit != resolved.commit:  # the branch moved between resolving and downloading
         logger.info("kernel_fx: %s moved to commit %s while downloading; using it.", resolved, commit)
     variant_dir = snapshot / "build" / variant
-    if not (variant_dir / "__init__.py").is_file():
-        raise KernelLoadError(f"Variant {variant!r} of {resolved.repo_id} at commit {commit} has no __init__.py ({variant_dir}).")
+    if not variant_dir.is_dir():
+        raise KernelLoadError(f"Variant {variant!r} of {resolved.repo_id} at commit {commit} downloaded no files ({variant_dir}).")
     return variant_dir, commit
 
 

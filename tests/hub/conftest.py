@@ -15,7 +15,7 @@ def hub_env(tmp_path, monkeypatch):
     monkeypatch.setenv("KERNEL_FX_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    for name in ("HF_HUB_OFFLINE", "KERNEL_FX_LOCAL_KERNELS", "KERNEL_FX_TRUSTED", "KERNEL_FX_DISABLE"):
+    for name in ("HF_HUB_OFFLINE", "KERNEL_FX_LOCAL_KERNELS", "KERNEL_FX_TRUSTED", "KERNEL_FX_DISABLE", "LOCAL_KERNELS", "KERNELS_CACHE"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path / "hf-cache"
 

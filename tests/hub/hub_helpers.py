@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -45,3 +46,57 @@ def cli(*argv: str) -> int:
     add_hub_commands(parser.add_subparsers(required=True))
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+# -- builds in the formats of the `kernels` package (0.19) ---------------------------------------
+
+
+def zip_bytes(files: dict[str, str | bytes]) -> bytes:
+    """A zip archive holding `files` ({path in the archive: content})."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def kernels_digest(files: dict[str, str | bytes], algorithm: str = "sha256") -> dict:
+    """The `digest` a `kernels` 0.19 metadata.json carries for a variant of `files`: base64 per file."""
+    import base64
+    import hashlib
+
+    def raw(content: str | bytes) -> bytes:
+        return content.encode() if isinstance(content, str) else content
+
+    return {"algorithm": algorithm, "files": {
+        name: base64.b64encode(hashlib.new(algorithm, raw(content)).digest()).decode() for name, content in files.items()
+    }}
+
+
+def kernels_variant(kernel_id: str, files: dict[str, str | bytes], *, layout: str = "files", backend: str = "cpu",
+                    digest: bool = True) -> dict[str, str | bytes]:
+    """A variant as `kernels` 0.19 publishes it: `files` (zipped into `<id>.zip` for the zip layout)
+    and a metadata.json with every field `kernels` requires, the layout and the digest."""
+    if layout == "zip":
+        files = {f"{kernel_id}.zip": zip_bytes(files)}
+    metadata = {"id": kernel_id, "name": "scale", "version": 1, "license": "apache-2.0", "python-depends": [],
+                "backend": {"type": backend}, "build-layout": layout}
+    if digest:
+        metadata["digest"] = kernels_digest(files)
+    return {**files, "metadata.json": json.dumps(metadata)}
+
+
+def write_repo(root: Path, variants: dict[str, dict[str, str | bytes]]) -> Path:
+    """Write `root/build/<variant>/<file>` exactly as given (text or bytes); return `root`."""
+    for variant, files in variants.items():
+        for name, content in files.items():
+            path = root / "build" / variant / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+    return root

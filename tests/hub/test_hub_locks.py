@@ -151,7 +151,7 @@ def test_lock_errors_name_the_problem(project, tmp_path):
     with pytest.raises(LockfileError, match=r"kernels\[0\] commit 'main' must be a 40-hex commit sha"):
         load_kernel(REPO, lockfile=bad)
     bad.write_text("{}")
-    with pytest.raises(LockfileError, match="is not a kernel_fx lock file"):
+    with pytest.raises(LockfileError, match=r"is neither a kernel_fx lock file .* nor a kernels.lock"):
         load_kernel(REPO, lockfile=bad)
 
 
