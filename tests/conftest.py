@@ -7,7 +7,10 @@ import torch
 
 from kernel_fx import mapping as mapping_module
 
-collect_ignore_glob = ["kernel_repos.py"]
+# --doctest-modules imports every .py file as a module; conftest.py files outside packages all have
+# the module name "conftest", so collecting this one after tests/compile/conftest.py is loaded fails
+# with "import file mismatch". Conftests hold no doctests: none is collected as a module.
+collect_ignore_glob = ["kernel_repos.py", "conftest.py", "*/conftest.py"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,4 @@
-"""Builders of kernel repositories in the Hub layout, with plain-torch CPU kernels, for tests."""
+"""Builders of kernel repositories in the Hub layout, for tests (the kernel sources are in models.py)."""
 
 from __future__ import annotations
 
@@ -7,51 +7,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
-# Kernel layers used across the tests. Each reads attributes of the user's module via `self`.
-SCALE_LAYERS = '''
-import torch
-from torch import nn
-
-class Scale(nn.Module):
-    """Computes the same as the test layer Scale: x * weight * factor, another way."""
-    has_backward = {has_backward}
-    can_torch_compile = {can_compile}
-
-    def forward(self, x):
-        return torch.mul(x, self.weight * self.factor)
-'''
-
-# A Scale kernel that counts its calls (module-level CALLS), so tests see which forward ran.
-COUNTING_SCALE = '''
-import torch
-from torch import nn
-
-CALLS = []
-
-class Scale(nn.Module):
-    has_backward = {has_backward}
-    can_torch_compile = {can_compile}
-
-    def forward(self, x):
-        CALLS.append(1)
-        return torch.mul(x, self.weight * self.factor)
-'''
-
-TWO_INPUT_LAYERS = '''
-import torch
-from torch import nn
-
-class AddScaled(nn.Module):
-    has_backward = True
-    can_torch_compile = True
-
-    def forward(self, x, y):
-        return torch.add(x, y * self.alpha)
-'''
-
-
-def scale_layers(has_backward: bool = True, can_compile: bool = True) -> str:
-    return SCALE_LAYERS.format(has_backward=has_backward, can_compile=can_compile)
+from models import scale_source as scale_layers  # noqa: F401 - the name tests/hub imports the Scale kernel by
 
 
 def make_kernel_repo(root: Path, variants: dict[str, dict[str, str]], *, kernel_id: str | None = None) -> Path:

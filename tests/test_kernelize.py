@@ -8,8 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from kernel_repos import COUNTING_SCALE, TWO_INPUT_LAYERS
-from models import AddScaled, Net, Scale
+from models import ADD_SCALED, TWICE, AddScaled, Host, Net, Scale, scale_source, twice
 from torch import nn
 
 import kernel_fx
@@ -28,9 +27,18 @@ from kernel_fx import (
 )
 
 
-def scale_repo(kernel_repo, has_backward=True, can_compile=True, source=COUNTING_SCALE, layer="Scale"):
-    root = kernel_repo({"torch-cpu": {"layers.py": source.format(has_backward=has_backward, can_compile=can_compile)}})
-    return LocalLayerRepository(root, layer_name=layer)
+def scale_repo(kernel_repo, has_backward=True, can_compile=True):
+    root = kernel_repo({"torch-cpu": {"layers.py": scale_source(has_backward, can_compile)}})
+    return LocalLayerRepository(root, layer_name="Scale")
+
+
+def kernelized_net(kernel_repo):
+    """A Net kernelized for inference with the counting Scale kernel, and that kernel's repository."""
+    repo = scale_repo(kernel_repo)
+    model = Net()
+    with use_kernel_mapping({"Scale": {"cpu": repo}}):
+        kernelize(model, mode=Mode.INFERENCE)
+    return model, repo
 
 
 def calls(repo):
@@ -48,7 +56,7 @@ def single(model, **kwargs):
 
 def test_kernel_runs_per_instance_and_class_is_untouched(kernel_repo):
     repo = scale_repo(kernel_repo)
-    model, other = Scale(), Scale()
+    model, other = Scale(4), Scale(4)
     with use_kernel_mapping({"Scale": {"cpu": repo}}):
         assert kernelize(model, mode=Mode.INFERENCE) is model
     x = torch.randn(3, 4)
@@ -61,7 +69,7 @@ def test_kernel_runs_per_instance_and_class_is_untouched(kernel_repo):
 
 def test_train_eval_and_no_grad_switch_without_rekernelizing(kernel_repo):
     repo = scale_repo(kernel_repo, has_backward=False)
-    model, reference = Scale(), Scale()
+    model, reference = Scale(4), Scale(4)
     with use_kernel_mapping({"Scale": {"cpu": repo}}):
         kernelize(model)
     x = torch.randn(3, 4)
@@ -93,7 +101,7 @@ def test_train_eval_and_no_grad_switch_without_rekernelizing(kernel_repo):
 
 def test_kernel_with_backward_gives_the_original_gradients(kernel_repo):
     repo = scale_repo(kernel_repo, has_backward=True)
-    model = Scale()
+    model = Scale(4)
     reference = copy.deepcopy(model)
     with use_kernel_mapping({"Scale": {"cpu": repo}}):
         kernelize(model)
@@ -107,7 +115,7 @@ def test_kernel_with_backward_gives_the_original_gradients(kernel_repo):
 
 
 def test_two_input_layer_keeps_argument_order(kernel_repo):
-    root = kernel_repo({"torch-cpu": {"layers.py": TWO_INPUT_LAYERS}})
+    root = kernel_repo({"torch-cpu": {"layers.py": ADD_SCALED}})
     model = AddScaled()
     with use_kernel_mapping({"AddScaled": {"cpu": LocalLayerRepository(root, layer_name="AddScaled")}}):
         kernelize(model, mode=Mode.INFERENCE, device="cpu")
@@ -120,9 +128,9 @@ def test_two_input_layer_keeps_argument_order(kernel_repo):
 def test_modes_fixed_at_kernelize_follow_the_anchor(kernel_repo):
     repo = scale_repo(kernel_repo, has_backward=False, can_compile=False)
     with use_kernel_mapping({"Scale": {"cpu": repo}}):
-        inference = kernelize(Scale(), mode=Mode.INFERENCE)
-        training = kernelize(Scale(), mode=Mode.TRAINING)
-        compiled = kernelize(Scale(), mode=Mode.INFERENCE, needs_torch_compile=True)
+        inference = kernelize(Scale(4), mode=Mode.INFERENCE)
+        training = kernelize(Scale(4), mode=Mode.TRAINING)
+        compiled = kernelize(Scale(4), mode=Mode.INFERENCE, needs_torch_compile=True)
     assert single(inference, outcome=Outcome.KERNEL)
     assert single(training)[0].rejected.reason is Reason.TRAINING_FALLBACK
     assert single(compiled)[0].rejected.reason is Reason.NOT_COMPILABLE
@@ -131,7 +139,7 @@ def test_modes_fixed_at_kernelize_follow_the_anchor(kernel_repo):
 
 def test_needs_torch_compile_without_mode_uses_only_compilable_kernels(kernel_repo):
     repo = scale_repo(kernel_repo, can_compile=False)
-    model = Scale()
+    model = Scale(4)
     with use_kernel_mapping({"Scale": {"cpu": repo}}):
         kernelize(model, needs_torch_compile=True)
     with torch.no_grad():
@@ -160,7 +168,7 @@ def test_is_idempotent_and_unkernelize_restores(kernel_repo):
 
 def test_filter_fn_excludes_sites_by_path(kernel_repo):
     repo = scale_repo(kernel_repo)
-    model = nn.ModuleDict({"keep": Scale(), "skip": Scale()})
+    model = nn.ModuleDict({"keep": Scale(4), "skip": Scale(4)})
     with use_kernel_mapping({"Scale": {"cpu": repo}}):
         kernelize(model, mode=Mode.INFERENCE, filter_fn=lambda module, fqn: fqn != "skip")
     assert single(model, path="keep")[0].outcome is Outcome.KERNEL
@@ -172,17 +180,14 @@ def test_filter_fn_excludes_sites_by_path(kernel_repo):
 def test_disable_environment_variable(kernel_repo, monkeypatch):
     repo = scale_repo(kernel_repo)
     monkeypatch.setenv("KERNEL_FX_DISABLE", "1")
-    model = Scale()
+    model = Scale(4)
     with use_kernel_mapping({"Scale": {"cpu": repo}}):
         kernelize(model, use_fallback=False)
     assert single(model)[0].rejected.reason is Reason.DISABLED
 
 
 def test_decisions_name_path_layer_repository_device_and_mode(kernel_repo):
-    repo = scale_repo(kernel_repo)
-    model = Net()
-    with use_kernel_mapping({"Scale": {"cpu": repo}}):
-        kernelize(model, mode=Mode.INFERENCE)
+    model, repo = kernelized_net(kernel_repo)
     by_path = {d.path: d for d in kernel_fx.report(model).decisions}
     scale, add = by_path["scale"], by_path["add"]
     assert (scale.layer_name, scale.module_class, scale.device, scale.mode) == ("Scale", "Scale", "cpu", "INFERENCE")
@@ -245,11 +250,11 @@ def failing_mapping(kind, kernel_repo, tmp_path):
 
     cuda_range = Device("cuda", properties=CUDAProperties(min_capability=80, max_capability=90))
     cases = {
-        "no-device-entry": ({"cuda": local(COUNTING_SCALE.format(has_backward=True, can_compile=True))}, Reason.NO_DEVICE_ENTRY, None),
-        "no-mode-entry": ({"cpu": {Mode.INFERENCE: local(COUNTING_SCALE.format(has_backward=True, can_compile=True))}}, Reason.NO_MODE_ENTRY, Mode.TRAINING),
-        "training-fallback": ({"cpu": local(COUNTING_SCALE.format(has_backward=False, can_compile=True))}, Reason.TRAINING_FALLBACK, Mode.TRAINING),
+        "no-device-entry": ({"cuda": local(scale_source())}, Reason.NO_DEVICE_ENTRY, None),
+        "no-mode-entry": ({"cpu": {Mode.INFERENCE: local(scale_source())}}, Reason.NO_MODE_ENTRY, Mode.TRAINING),
+        "training-fallback": ({"cpu": local(scale_source(has_backward=False))}, Reason.TRAINING_FALLBACK, Mode.TRAINING),
         "not-compilable": (
-            {"cpu": local(COUNTING_SCALE.format(has_backward=True, can_compile=False))}, Reason.NOT_COMPILABLE, Mode.INFERENCE | Mode.TORCH_COMPILE
+            {"cpu": local(scale_source(can_compile=False))}, Reason.NOT_COMPILABLE, Mode.INFERENCE | Mode.TORCH_COMPILE
         ),
         "missing-path": ({"cpu": LocalLayerRepository(tmp_path / "nowhere", layer_name="Scale")}, Reason.LOAD_FAILED, None),
         "no-variant": ({"cpu": LocalLayerRepository(kernel_repo({"torch-cuda": {"layers.py": RENAMED_ARG}}), layer_name="Scale")}, Reason.LOAD_FAILED, None),
@@ -285,7 +290,7 @@ KINDS = ["no-device-entry", "no-mode-entry", "training-fallback", "not-compilabl
 def test_failures_fall_back_with_their_reason(kind, kernel_repo, tmp_path):
     entry, reason, mode = failing_mapping(kind, kernel_repo, tmp_path)
     device = "cuda" if kind == "capability-unavailable" else None
-    model = Scale()
+    model = Scale(4)
     x = torch.randn(2, 4)
     expected = model(x)
     with use_kernel_mapping({"Scale": entry}):
@@ -300,7 +305,7 @@ def test_failures_fall_back_with_their_reason(kind, kernel_repo, tmp_path):
 def test_failures_raise_without_fallback_and_leave_the_model_alone(kind, kernel_repo, tmp_path):
     entry, reason, mode = failing_mapping(kind, kernel_repo, tmp_path)
     device = "cuda" if kind == "capability-unavailable" else None
-    model = Scale()
+    model = Scale(4)
     with use_kernel_mapping({"Scale": entry}):
         with pytest.raises(KernelizeError) as raised:
             kernelize(model, mode=mode or Mode.INFERENCE, device=device, use_fallback=False)
@@ -311,7 +316,7 @@ def test_failures_raise_without_fallback_and_leave_the_model_alone(kind, kernel_
 
 
 def test_cpu_only_torch_with_a_cuda_mapping_does_not_crash(kernel_repo):
-    source = COUNTING_SCALE.format(has_backward=True, can_compile=True)
+    source = scale_source()
     repo = LocalLayerRepository(kernel_repo({"torch-universal": {"layers.py": source}}), layer_name="Scale")
     ranged = Device("cuda", properties=CUDAProperties(min_capability=80, max_capability=90))
     model = Net()
@@ -331,31 +336,8 @@ def test_device_is_required_for_models_without_tensors():
 
 # -- function layers ----------------------------------------------------------------------------
 
-@kernel_fx.use_kernel_forward_from_hub("Twice")
-def twice(x):
-    return 2 * x
-
-
-@kernel_fx.use_kernelized_func(twice)
-class Host(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.ones(1))
-
-    def forward(self, x):
-        return self.twice(x) * self.w
-
-
-TWICE_KERNEL = '''
-from torch import nn
-class Twice(nn.Module):
-    def forward(self, x):
-        return x * 2 + 1000  # visibly different, to see which one ran
-'''
-
-
 def test_a_function_kernelized_in_one_model_stays_original_elsewhere(kernel_repo):
-    repo = LocalLayerRepository(kernel_repo({"torch-cpu": {"layers.py": TWICE_KERNEL}}), layer_name="Twice")
+    repo = LocalLayerRepository(kernel_repo({"torch-cpu": {"layers.py": TWICE}}), layer_name="Twice")
     a, b = Host(), Host()
     with use_kernel_mapping({"Twice": {"cpu": repo}}):
         kernelize(a, mode=Mode.INFERENCE)
@@ -366,7 +348,7 @@ def test_a_function_kernelized_in_one_model_stays_original_elsewhere(kernel_repo
 
 
 def test_function_kernel_signature_is_checked_against_the_function(kernel_repo):
-    source = TWICE_KERNEL.replace("forward(self, x)", "forward(self, y)").replace("x * 2", "y * 2")
+    source = TWICE.replace("forward(self, x)", "forward(self, y)").replace("x * 2", "y * 2")
     repo = LocalLayerRepository(kernel_repo({"torch-cpu": {"layers.py": source}}), layer_name="Twice")
     with use_kernel_mapping({"Twice": {"cpu": repo}}):
         model = kernelize(Host(), mode=Mode.INFERENCE)
@@ -376,10 +358,7 @@ def test_function_kernel_signature_is_checked_against_the_function(kernel_repo):
 # -- copies and persistence -----------------------------------------------------------------------
 
 def test_deepcopy_keeps_the_kernels(kernel_repo):
-    repo = scale_repo(kernel_repo)
-    model = Net()
-    with use_kernel_mapping({"Scale": {"cpu": repo}}):
-        kernelize(model, mode=Mode.INFERENCE)
+    model, repo = kernelized_net(kernel_repo)
     clone = copy.deepcopy(model)
     assert clone.scale.forward.module is clone.scale
     clone(torch.randn(2, 4))
@@ -388,10 +367,7 @@ def test_deepcopy_keeps_the_kernels(kernel_repo):
 
 
 def test_save_and_load_keep_the_kernels_in_a_fresh_process(kernel_repo, tmp_path):
-    repo = scale_repo(kernel_repo)
-    model = Net()
-    with use_kernel_mapping({"Scale": {"cpu": repo}}):
-        kernelize(model, mode=Mode.INFERENCE)
+    model, _ = kernelized_net(kernel_repo)
     path = tmp_path / "model.pt"
     torch.save(model, path)
     script = textwrap.dedent(f"""
@@ -410,10 +386,7 @@ def test_save_and_load_keep_the_kernels_in_a_fresh_process(kernel_repo, tmp_path
 def test_load_warns_loudly_when_the_kernel_is_gone(kernel_repo, tmp_path):
     import shutil
 
-    repo = scale_repo(kernel_repo)
-    model = Net()
-    with use_kernel_mapping({"Scale": {"cpu": repo}}):
-        kernelize(model, mode=Mode.INFERENCE)
+    model, repo = kernelized_net(kernel_repo)
     buffer = io.BytesIO()
     torch.save(model, buffer)
     shutil.rmtree(repo.repo_path)

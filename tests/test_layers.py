@@ -1,5 +1,5 @@
 import torch
-from models import Scale
+from models import Host, Scale, twice
 from torch import nn
 
 import kernel_fx
@@ -7,7 +7,7 @@ from kernel_fx.layers import FunctionLayer, layer_name_of
 
 
 def test_decorator_keeps_eager_behaviour_and_marks_the_class():
-    layer = Scale()
+    layer = Scale(4)
     x = torch.randn(2, 4)
     torch.testing.assert_close(layer(x), x * layer.weight * 3.0)
     assert Scale.kernel_layer_name == "Scale"
@@ -42,15 +42,6 @@ def test_a_class_marked_by_the_hf_kernels_decorator_counts():
 
 
 def test_function_layers_are_per_instance():
-    @kernel_fx.use_kernel_forward_from_hub("Twice")
-    def twice(x):
-        return 2 * x
-
-    @kernel_fx.use_kernelized_func(twice)
-    class Host(nn.Module):
-        def forward(self, x):
-            return self.twice(x)
-
     a, b = Host(), Host()
     assert isinstance(a.twice, FunctionLayer) and a.twice is not b.twice
     assert layer_name_of(a.twice) == "Twice"

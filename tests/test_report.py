@@ -3,8 +3,7 @@
 import json
 
 import torch
-from kernel_repos import scale_layers
-from models import Net
+from models import Net, scale_source
 
 import kernel_fx
 from kernel_fx import LocalLayerRepository, Mode, Outcome, Reason, kernelize, use_kernel_mapping
@@ -12,7 +11,7 @@ from kernel_fx.compile.backend import HubKernelsBackend
 
 
 def mapping(kernel_repo):
-    return {"Scale": {"cpu": LocalLayerRepository(kernel_repo({"torch-cpu": {"layers.py": scale_layers()}}), layer_name="Scale")}}
+    return {"Scale": {"cpu": LocalLayerRepository(kernel_repo({"torch-cpu": {"layers.py": scale_source()}}), layer_name="Scale")}}
 
 
 def test_eager_report_rows_summary_and_json(kernel_repo):
@@ -31,7 +30,7 @@ def test_eager_report_rows_summary_and_json(kernel_repo):
 
 
 def test_dynamic_mode_sites_group_their_conditions(kernel_repo):
-    repo = kernel_repo({"torch-cpu": {"layers.py": scale_layers(has_backward=False)}})
+    repo = kernel_repo({"torch-cpu": {"layers.py": scale_source(has_backward=False)}})
     model = Net()
     with use_kernel_mapping({"Scale": {"cpu": LocalLayerRepository(repo, layer_name="Scale")}}):
         kernelize(model)

@@ -8,7 +8,8 @@ import re
 
 import pytest
 import torch
-from helpers_compile import INNERS, Scale, mapping, seeded  # noqa: F401 - fixtures
+from helpers_compile import INNERS
+from models import Scale, slow_scale
 from torch import nn
 
 import kernel_fx
@@ -38,28 +39,6 @@ class Relu50(nn.Module):
     def forward(self, x):
         return torch.relu(x)
 '''
-
-# Scale's x * weight * factor, computed fifty times over (and exactly: max(a, a) == a).
-SLOW_SCALE = '''
-import torch
-from torch import nn
-
-class Scale(nn.Module):
-    has_backward = True
-    can_torch_compile = {can_compile}
-
-    def forward(self, x):
-        w = self.weight * self.factor
-        out = torch.mul(x, w)
-        for _ in range(49):
-            out = torch.maximum(out, torch.mul(x, w))
-        return out
-'''
-
-
-def slow_scale(can_compile: bool = True) -> str:
-    return SLOW_SCALE.format(can_compile=can_compile)
-
 
 class FourCalls(nn.Module):
     """Three calls on one shape, one on another."""

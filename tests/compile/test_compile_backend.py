@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 import torch
-from helpers_compile import MIX, SCALE, Block, Scale, mapping, scale_source, seeded  # noqa: F401 - fixtures
+from helpers_compile import MIX, Block
+from models import Scale, scale_source
 from torch import nn
 
 import kernel_fx
@@ -144,7 +145,7 @@ def test_no_mapping_is_not_a_fallback_error():
 def test_last_compile_report_follows_the_compiled_callable(mapping):
     x = torch.randn(2, 8)
     first, second = nn.Sequential(Scale()).eval(), Block().eval()
-    with use_kernel_mapping(mapping(Scale=SCALE.format(has_backward=True, can_compile=True))), torch.no_grad():
+    with use_kernel_mapping(mapping(Scale=scale_source())), torch.no_grad():
         compiled_first = torch.compile(first, backend="hubkernels", options={"inner": "eager"})
         compiled_first(x)
         report = kernel_fx.last_compile_report()

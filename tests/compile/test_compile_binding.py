@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_compile import AXPY, INNERS, MIX, OUTER, Axpy, HubStyleMix, HubStyleScale, Mix, Outer, Scale, mapping, scale_source, seeded  # noqa: F401 - fixtures
+from helpers_compile import AXPY, INNERS, MIX, OUTER, Axpy, HubStyleMix, Mix, Outer
+from models import HubStyleScale, Scale, scale_source
 from torch import nn
 
 import kernel_fx

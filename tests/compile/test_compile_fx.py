@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from helpers_compile import ADD_NORM, MIX, Block, mapping, scale_source, seeded  # noqa: F401 - fixtures
+from helpers_compile import ADD_NORM, MIX, Block
+from models import scale_source
 
 from kernel_fx import Outcome, Reason, use_kernel_mapping
 from kernel_fx.compile.graph_module import graph_report, kernelize_graph, symbolic_trace

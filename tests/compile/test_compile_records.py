@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import torch
-from helpers_compile import MIX, Block, Scale, mapping, scale_source, seeded  # noqa: F401 - fixtures
+from helpers_compile import MIX, Block
+from models import Scale, scale_source
 from torch import nn
 
 import kernel_fx

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_compile import ADD_NORM, INNERS, MIX, UNTRACEABLE_SCALE, Block, Scale, counters, kernel_module, mapping, scale_source, seeded  # noqa: F401 - fixtures
+from helpers_compile import ADD_NORM, INNERS, MIX, Block, kernel_module
+from models import UNTRACEABLE_SCALE, Scale, scale_source
 from torch import nn
 
 import kernel_fx

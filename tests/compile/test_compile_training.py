@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_compile import ADD_NORM, FUNCTION_SCALE, INNERS, MIX, Block, Scale, counters, grads, kernel_module, mapping, scale_source, seeded  # noqa: F401 - fixtures
+from helpers_compile import ADD_NORM, INNERS, MIX, Block, grads, kernel_module
+from models import FUNCTION_SCALE, Scale, scale_source
 from torch import nn
 
 from kernel_fx import HubKernelsBackend, Outcome, Reason, use_kernel_mapping

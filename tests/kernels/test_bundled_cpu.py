@@ -10,11 +10,10 @@ import inspect
 import json
 import types
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from bundled_checks import layer_name, load_variant, norm, run
 from models import LlamaMLP
 from torch import nn
 
@@ -28,26 +27,12 @@ REFERENCES: dict[str, type[nn.Module]] = {name: getattr(demo, name) for name in 
 REFERENCES["LlamaMLP"] = LlamaMLP
 
 
-def load_variant(variant_dir: Path) -> types.ModuleType:
-    """The variant imported by kernel_fx's own loader (under its metadata id)."""
-    from kernel_fx.hub.local import get_local_kernel
-
-    return get_local_kernel(variant_dir)
-
-
 @pytest.fixture(scope="module")
 def kernels() -> types.ModuleType:
     return load_variant(VARIANT_DIR).layers
 
 
 # --- cases: a demo module and inputs for each extensible layer ------------------------------------
-
-
-def _norm(cls: type[nn.Module], hidden: int = 64) -> nn.Module:
-    module = cls(hidden, eps=1e-5)
-    with torch.no_grad():
-        module.weight.copy_(1.0 + 0.1 * torch.randn(hidden))
-    return module
 
 
 def _rotary_inputs(batch_cos: bool) -> tuple[torch.Tensor, ...]:
@@ -61,8 +46,8 @@ def _rotary_inputs(batch_cos: bool) -> tuple[torch.Tensor, ...]:
 
 
 CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[torch.Tensor, ...]]]] = {
-    "RMSNorm": (lambda: _norm(demo.RMSNorm), lambda: (torch.randn(3, 5, 64),)),
-    "AddRMSNorm": (lambda: _norm(demo.AddRMSNorm), lambda: (torch.randn(3, 5, 64), torch.randn(3, 5, 64))),
+    "RMSNorm": (lambda: norm(demo.RMSNorm, 64, eps=1e-5), lambda: (torch.randn(3, 5, 64),)),
+    "AddRMSNorm": (lambda: norm(demo.AddRMSNorm, 64, eps=1e-5), lambda: (torch.randn(3, 5, 64), torch.randn(3, 5, 64))),
     "SiluAndMul": (demo.SiluAndMul, lambda: (torch.randn(3, 5, 2 * 24),)),
     "ApplyRotary": (demo.ApplyRotary, lambda: _rotary_inputs(batch_cos=True)),
     "ApplyRotary-shared-cos": (demo.ApplyRotary, lambda: _rotary_inputs(batch_cos=False)),
@@ -70,28 +55,6 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[torch.Tensor,
     "LlamaMLP": (LlamaMLP, lambda: (torch.randn(3, 5, 16),)),
     "LlamaMLP-bias": (lambda: LlamaMLP(bias=True), lambda: (torch.randn(7, 16),)),
 }
-
-
-def _layer_name(case: str) -> str:
-    return case.split("-")[0]
-
-
-def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
-    return result if isinstance(result, tuple) else (result,)
-
-
-def _run(
-    module: nn.Module, forward: Callable[..., Any], inputs: tuple[torch.Tensor, ...], dtype: torch.dtype
-) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]:
-    """Outputs, and gradients of a fixed random projection of them w.r.t. inputs and parameters."""
-    module = module.to(dtype)
-    leaves = [t.detach().to(dtype).requires_grad_() for t in inputs]
-    outs = _outputs(types.MethodType(forward, module)(*leaves))
-    gen = torch.Generator().manual_seed(1)
-    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum() for o in outs)
-    params = list(module.parameters())
-    grads = torch.autograd.grad(loss, [*leaves, *params])
-    return outs, list(grads)
 
 
 # --- tests ----------------------------------------------------------------------------------------
@@ -127,12 +90,12 @@ def test_matches_demo_forward_and_backward(kernels: types.ModuleType, case: str)
     torch.manual_seed(0)
     make_module, make_inputs = CASES[case]
     module, inputs = make_module(), make_inputs()
-    kernel_forward = getattr(kernels, _layer_name(case)).forward
+    kernel_forward = getattr(kernels, layer_name(case)).forward
     original_forward = type(module).forward
 
-    outs, grads = _run(module, kernel_forward, inputs, torch.float32)
-    ref_outs, ref_grads = _run(module, original_forward, inputs, torch.float32)
-    exact_outs, exact_grads = _run(module, original_forward, inputs, torch.float64)
+    outs, grads = run(module, kernel_forward, inputs, torch.float32)
+    ref_outs, ref_grads = run(module, original_forward, inputs, torch.float32)
+    exact_outs, exact_grads = run(module, original_forward, inputs, torch.float64)
 
     for out, ref, exact in zip(outs, ref_outs, exact_outs, strict=True):
         assert out.dtype == ref.dtype and out.shape == ref.shape
@@ -148,8 +111,8 @@ def test_bfloat16_keeps_dtype_and_matches(kernels: types.ModuleType, case: str) 
     torch.manual_seed(0)
     make_module, make_inputs = CASES[case]
     module, inputs = make_module(), make_inputs()
-    outs, _ = _run(module, getattr(kernels, case).forward, inputs, torch.bfloat16)
-    ref_outs, _ = _run(module, type(module).forward, inputs, torch.bfloat16)
+    outs, _ = run(module, getattr(kernels, case).forward, inputs, torch.bfloat16)
+    ref_outs, _ = run(module, type(module).forward, inputs, torch.bfloat16)
     for out, ref in zip(outs, ref_outs, strict=True):
         assert out.dtype == torch.bfloat16
         torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)

@@ -36,6 +36,7 @@ else:
     from typing import Any
 
     import torch
+    from bundled_checks import constant_inputs, layer_name, load_variant, norm, rel_err, run
     from models import LlamaMLP
     from torch import nn
 
@@ -44,21 +45,9 @@ else:
 
     VARIANT_DIR = bundled_repo_path() / "build" / "torch-cuda"
 
-    def load_variant(variant_dir: Path) -> types.ModuleType:
-        """The variant imported by kernel_fx's own loader (under its metadata id)."""
-        from kernel_fx.hub.local import get_local_kernel
-
-        return get_local_kernel(variant_dir)
-
     @pytest.fixture(scope="module")
     def package() -> types.ModuleType:
         return load_variant(VARIANT_DIR)
-
-    def _norm(cls: type[nn.Module], hidden: int) -> nn.Module:
-        module = cls(hidden, eps=1e-5)
-        with torch.no_grad():
-            module.weight.copy_(1.0 + 0.1 * torch.randn(hidden))
-        return module
 
     def _rotary_inputs(layout: str) -> tuple[torch.Tensor, ...]:
         batch, heads, kv_heads, seq, dim = 2, 4, 2, 5, 12  # D/2 = 6: not a power of two
@@ -75,9 +64,9 @@ else:
 
     # Odd row lengths exercise the masks; 37 rows and 4 programs exercise the partial weight grads.
     CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[torch.Tensor, ...]]]] = {
-        "RMSNorm": (lambda: _norm(demo.RMSNorm, 100), lambda: (torch.randn(37, 100),)),
-        "RMSNorm-3d": (lambda: _norm(demo.RMSNorm, 64), lambda: (torch.randn(2, 3, 64),)),
-        "AddRMSNorm": (lambda: _norm(demo.AddRMSNorm, 100), lambda: (torch.randn(37, 100), torch.randn(37, 100))),
+        "RMSNorm": (lambda: norm(demo.RMSNorm, 100, eps=1e-5), lambda: (torch.randn(37, 100),)),
+        "RMSNorm-3d": (lambda: norm(demo.RMSNorm, 64, eps=1e-5), lambda: (torch.randn(2, 3, 64),)),
+        "AddRMSNorm": (lambda: norm(demo.AddRMSNorm, 100, eps=1e-5), lambda: (torch.randn(37, 100), torch.randn(37, 100))),
         "SiluAndMul": (demo.SiluAndMul, lambda: (torch.randn(5, 3, 2 * 50),)),
         "ApplyRotary": (demo.ApplyRotary, lambda: _rotary_inputs("contiguous")),
         "ApplyRotary-transposed": (demo.ApplyRotary, lambda: _rotary_inputs("transposed")),
@@ -86,28 +75,6 @@ else:
         "LlamaMLP": (LlamaMLP, lambda: (torch.randn(5, 3, 16),)),  # intermediate 40: masked columns
         "LlamaMLP-bias": (lambda: LlamaMLP(bias=True), lambda: (torch.randn(7, 16),)),
     }
-    NO_GRAD_INPUTS = {"ApplyRotary": 2}  # cos and sin are constants for the kernel
-
-    def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
-        return result if isinstance(result, tuple) else (result,)
-
-    def _run(
-        module: nn.Module, forward: Callable[..., Any], inputs: tuple[torch.Tensor, ...], dtype: torch.dtype, case: str
-    ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]:
-        """Outputs and gradients (inputs, then parameters) of a fixed random projection of them."""
-        module = module.to(dtype)
-        frozen = NO_GRAD_INPUTS.get(case.split("-")[0], 0)
-        leaves = [t.detach().to(dtype) for t in inputs]
-        for t in leaves[: len(leaves) - frozen]:
-            t.requires_grad_()
-        outs = _outputs(types.MethodType(forward, module)(*leaves))
-        gen = torch.Generator().manual_seed(1)
-        loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum() for o in outs)
-        wrt = [t for t in leaves if t.requires_grad] + list(module.parameters())
-        return outs, list(torch.autograd.grad(loss, wrt))
-
-    def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-        return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
     @pytest.mark.parametrize("case", list(CASES))
@@ -115,16 +82,16 @@ else:
         torch.manual_seed(0)
         make_module, make_inputs = CASES[case]
         module, inputs = make_module(), make_inputs()
-        kernel_forward = getattr(package.layers, case.split("-")[0]).forward
-        outs, grads = _run(module, kernel_forward, inputs, dtype, case)
-        exact_outs, exact_grads = _run(module, type(module).forward, inputs, torch.float64, case)
+        kernel_forward = getattr(package.layers, layer_name(case)).forward
+        outs, grads = run(module, kernel_forward, inputs, dtype, frozen=constant_inputs(case))
+        exact_outs, exact_grads = run(module, type(module).forward, inputs, torch.float64, frozen=constant_inputs(case))
         tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16 has 8 bits of mantissa
         for out, exact in zip(outs, exact_outs, strict=True):
             assert out.dtype == dtype and out.shape == exact.shape
-            assert _rel_err(out, exact) < tol
+            assert rel_err(out, exact) < tol
         for grad, exact in zip(grads, exact_grads, strict=True):
             assert grad.shape == exact.shape
-            assert _rel_err(grad, exact) < tol
+            assert rel_err(grad, exact) < tol
 
     def test_rotary_output_keeps_input_layout(package: types.ModuleType) -> None:
         q, k, cos, sin = _rotary_inputs("transposed")
@@ -145,7 +112,7 @@ else:
 
     def test_add_rms_norm_gradient_without_residual_use(package: types.ModuleType) -> None:
         # Only `normed` feeds the loss: the residual output's gradient arrives as None / zeros.
-        module = _norm(demo.AddRMSNorm, 16)
+        module = norm(demo.AddRMSNorm, 16, eps=1e-5)
         x, r = torch.randn(3, 16, requires_grad=True), torch.randn(3, 16, requires_grad=True)
         normed, _ = package.layers.AddRMSNorm.forward(module, x, r)
         normed.sum().backward()
@@ -207,7 +174,7 @@ else:
         torch.library.opcheck(op, OPCHECK_ARGS[op_name]())
 
     def test_layer_compiles_as_one_opaque_op(package: types.ModuleType) -> None:
-        module = _norm(demo.RMSNorm, 32)
+        module = norm(demo.RMSNorm, 32, eps=1e-5)
         module.forward = types.MethodType(package.layers.RMSNorm.forward, module)
         x = torch.randn(4, 32, requires_grad=True)
         compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
@@ -250,7 +217,7 @@ else:
             assert again is not package and again.__name__ == name
             assert again.layers.RMSNorm is not package.layers.RMSNorm
             x = torch.randn(2, 8)
-            module = _norm(demo.RMSNorm, 8)
+            module = norm(demo.RMSNorm, 8, eps=1e-5)
             torch.testing.assert_close(again.layers.RMSNorm.forward(module, x), demo.RMSNorm.forward(module, x))
         finally:
             sys.modules.update(saved)
