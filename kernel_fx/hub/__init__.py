@@ -5,10 +5,12 @@
     revisions   what was asked for (`requested`) and what it pinned to (`Resolved`)
     remote      the Hub requests (through huggingface_hub) and what their failures mean
     cache       read-only look-ups in the huggingface_hub cache
-    variants    build variant names, checked against this system, the preferred one chosen
+    variants    build variant names (legacy and dotted), checked against this system, the preferred one chosen
+    archs       the metadata's GPU archs against this device (check_arch)
     trust       who may run code on import
-    integrity   sha256 of a variant's files against a lock or the metadata digest
-    locks       kernel-fx.lock: write, read, pre-fetch; specs: what a project declares
-    importer    import a variant under its metadata id; local: local directories
+    integrity   sha256 of a variant's files against a lock or the metadata digest (both digest forms)
+    locks       kernel-fx.lock: write, read, pre-fetch; kernels_lock: the kernels package's kernels.lock
+    specs       what a project declares
+    importer    import a variant under its metadata id; archives: zipped builds; local: local directories
     env         the environment variables, read at call time; errors: one type per cause
 """

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import MappingError
-from . import env
+from . import archs, env
 from .errors import KernelRepoNotFoundError, KernelRevisionNotFoundError
 from .importer import KernelSource, import_variant, imported, read_metadata
 from .integrity import check_digest
@@ -65,27 +65,35 @@ def get_kernel(
     version: int | None = None,
     backend: str | None = None,
     trust_remote_code: TrustSetting = False,
+    user_agent: str | dict | None = None,
+    check_arch: bool = True,
 ) -> ModuleType:
     """Download (if needed) and import the variant of Hub kernel repo `repo_id` that fits this system.
 
     `revision` is a branch, tag or commit sha (default `main`); `version=N` means branch `vN`; give
     at most one. `backend` ("cpu", "cuda", ...) defaults to torch's build. The repo must be trusted
-    (see `trust_remote_code` and KERNEL_FX_TRUSTED). See the module docstring for an example.
+    (see `trust_remote_code` and KERNEL_FX_TRUSTED). `user_agent` goes with the Hub requests;
+    `check_arch=False` loads a build whose metadata archs omit this GPU (see `archs`). See the
+    module docstring for an example.
     """
     _check_request(repo_id, revision, version)
     check_trust_setting(trust_remote_code)
     override = env.local_kernels().get(repo_id)
     if override is not None:
-        return load_local(override, backend=backend, repo_id=repo_id)
+        return load_local(override, backend=backend, repo_id=repo_id, check_arch=check_arch)
     system = system_info(backend)
-    resolved = resolve(repo_id, revision=revision, version=version, system=system)
+    resolved = resolve(repo_id, revision=revision, version=version, system=system, user_agent=user_agent)
     choice = choose_variant(list(resolved.variants), system, where=_where(resolved))
     check_trusted(repo_id, trust_remote_code)
-    variant_dir, commit = fetch(resolved, choice.name)
+    variant_dir, commit = fetch(resolved, choice.name, user_agent=user_agent)
+    where = f"{resolved} variant {choice.name}"
+    metadata = read_metadata(variant_dir)
+    if check_arch:
+        archs.check_arch(metadata, where=where)
     module = imported(variant_dir)
     if module is not None:
         return module
-    check_digest(variant_dir, read_metadata(variant_dir), where=f"{resolved} variant {choice.name}")
+    check_digest(variant_dir, metadata, where=where)
     unpinned = revision is None and version is None
     source = KernelSource(repo_id, choice.name, str(variant_dir), revision=resolved.revision, commit=commit, unpinned=unpinned)
     return import_variant(variant_dir, source)
@@ -132,7 +140,9 @@ def get_kernel_variants(
     return KernelVariants(repo_id, resolved.revision, resolved.commit, system, tuple(checks), resolved.from_cache)
 
 
-def load_kernel(repo_id: str, *, lockfile: str | Path | None = None, backend: str | None = None) -> ModuleType:
+def load_kernel(
+    repo_id: str, *, lockfile: str | Path | None = None, backend: str | None = None, check_arch: bool = True
+) -> ModuleType:
     """Import `repo_id` as pinned in `lockfile`, from the cache only, after checking its files.
 
     Never downloads (`kernel-fx download LOCKFILE` fetches what a lock names). Without `lockfile`,
@@ -149,7 +159,7 @@ def load_kernel(repo_id: str, *, lockfile: str | Path | None = None, backend: st
     """
     override = env.local_kernels(locked=True).get(repo_id)
     if override is not None:
-        return load_local(override, backend=backend, repo_id=repo_id)
+        return load_local(override, backend=backend, repo_id=repo_id, check_arch=check_arch)
     # imported here: lock files are not on get_kernel's path, and `import kernel_fx` should stay cheap
     from .locks import choose_locked, find_lockfile, read_lockfile, verified_dir
 
@@ -157,10 +167,14 @@ def load_kernel(repo_id: str, *, lockfile: str | Path | None = None, backend: st
     entry = choose_locked(read_lockfile(path), repo_id, system_info(backend), path)
     variant_dir = entry.cached_dir()
     module = imported(variant_dir)
-    if module is not None:  # its code already ran in this process: checking the files now protects nothing
+    if module is None:  # once its code ran in this process, checking the files protects nothing
+        verified_dir(entry, path)
+    metadata = read_metadata(variant_dir)
+    if check_arch:
+        archs.check_arch(metadata, where=entry)
+    if module is not None:
         return module
-    verified_dir(entry, path)
-    check_digest(variant_dir, read_metadata(variant_dir), where=str(entry), warn_missing=entry.files is None)
+    check_digest(variant_dir, metadata, where=str(entry), warn_missing=entry.files is None)
     source = KernelSource(repo_id, entry.variant, str(variant_dir), revision=entry.revision, commit=entry.commit)
     return import_variant(variant_dir, source)
 

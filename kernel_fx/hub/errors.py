@@ -57,3 +57,7 @@ class LockfileError(KernelFxError, ValueError):
 
 class EnvironmentVariableError(KernelLoadError, ValueError):
     """An environment variable that steers loading (`KERNEL_FX_LOCAL_KERNELS`, `LOCAL_KERNELS`) is malformed."""
+
+
+class UnsupportedArchError(KernelLoadError, RuntimeError):
+    """The build's declared archs (metadata `backend.archs`) do not include this device; `check_arch=False` skips the check."""

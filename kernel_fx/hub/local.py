@@ -18,7 +18,8 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import KernelLoadError
-from .importer import KernelSource, import_variant
+from . import archs
+from .importer import KernelSource, import_variant, read_metadata
 from .variants import VariantCheck, check_variants, choose_variant, parse_variant, system_info
 
 
@@ -38,24 +39,29 @@ def list_local_variants(repo_path: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
 
-def get_local_kernel(repo_path: str | Path, *, backend: str | None = None) -> ModuleType:
+def get_local_kernel(repo_path: str | Path, *, backend: str | None = None, check_arch: bool = True) -> ModuleType:
     """Import the variant of the local kernel repo at `repo_path` that fits this system.
 
-    `repo_path` may also point straight at a variant directory (one holding `__init__.py`).
+    `repo_path` may also point straight at a variant directory (one holding `__init__.py` or, for
+    a zipped build, `metadata.json`). `check_arch=False` skips the device check (see `archs`).
     """
-    return load_local(repo_path, backend=backend)
+    return load_local(repo_path, backend=backend, check_arch=check_arch)
 
 
-def load_local(repo_path: str | Path, *, backend: str | None = None, repo_id: str | None = None) -> ModuleType:
+def load_local(
+    repo_path: str | Path, *, backend: str | None = None, repo_id: str | None = None, check_arch: bool = True
+) -> ModuleType:
     """`get_local_kernel`, labelled `repo_id (local path)` when it stands in for a Hub repo."""
     repo_path = Path(repo_path).expanduser().resolve()
     label = f"{repo_id} (local {repo_path})" if repo_id else str(repo_path)
     if _is_variant_dir(repo_path):
-        return import_variant(repo_path, KernelSource(label, repo_path.name, str(repo_path)))
-    system = system_info(backend)
-    choice = choose_variant(list_local_variants(repo_path), system, where=label)
-    variant_dir = variants_folder(repo_path) / choice.name
-    return import_variant(variant_dir, KernelSource(label, choice.name, str(variant_dir)))
+        variant_dir, variant = repo_path, repo_path.name
+    else:
+        variant = choose_variant(list_local_variants(repo_path), system_info(backend), where=label).name
+        variant_dir = variants_folder(repo_path) / variant
+    if check_arch:
+        archs.check_arch(read_metadata(variant_dir), where=f"{label} variant {variant}")
+    return import_variant(variant_dir, KernelSource(label, variant, str(variant_dir)))
 
 
 def local_variant_checks(repo_path: str | Path, *, backend: str | None = None) -> list[VariantCheck]:

@@ -43,11 +43,11 @@ def repo_types() -> tuple[str, ...]:
     return ("model",)
 
 
-def resolve_remote(repo_id: str, revision: str | None, version: int | None) -> Resolved:
+def resolve_remote(repo_id: str, revision: str | None, version: int | None, *, user_agent: str | dict | None = None) -> Resolved:
     """Ask the Hub for the commit of `revision` / `version` and the variants under `build/` there."""
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    api = _api()
+    api = _api(user_agent)
     tried = repo_types()
     doing = f"resolving {repo_id}@{requested(revision, version)}"
     for repo_type in tried:
@@ -96,7 +96,7 @@ def _list_variants(api: Any, repo_id: str, repo_type: str, commit: str) -> tuple
     return tuple(sorted(e.path.rsplit("/", 1)[-1] for e in entries if isinstance(e, RepoFolder)))
 
 
-def download_variant(resolved: Resolved, variant: str) -> tuple[Path, str]:
+def download_variant(resolved: Resolved, variant: str, *, user_agent: str | dict | None = None) -> tuple[Path, str]:
     """Download only `build/<variant>/` of `resolved`; return the variant directory and its commit.
 
     A branch, tag or version is passed to huggingface_hub by name, so that the cache records it
@@ -117,6 +117,7 @@ def download_variant(resolved: Resolved, variant: str) -> tuple[Path, str]:
                 cache_dir=env.cache_dir(),
                 endpoint=env.endpoint(),
                 library_name="kernel_fx",
+                user_agent=user_agent,
             )
         )
     except Exception as exc:
@@ -182,9 +183,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else "(no message)"
 
 
-def _api() -> Any:
+def _api(user_agent: str | dict | None = None) -> Any:
     from huggingface_hub import HfApi
 
     from .. import __version__
 
-    return HfApi(endpoint=env.endpoint(), library_name="kernel_fx", library_version=__version__)
+    return HfApi(endpoint=env.endpoint(), library_name="kernel_fx", library_version=__version__, user_agent=user_agent)

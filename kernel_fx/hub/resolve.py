@@ -26,8 +26,12 @@ logger = logging.getLogger(__name__)
 CACHE_REPO_TYPES = ("kernel", "model")
 
 
-def resolve(repo_id: str, *, revision: str | None, version: int | None, system: SystemInfo) -> Resolved:
-    """Pin `repo_id` at `revision` / `version` to a commit and list its variants (see module doc)."""
+def resolve(
+    repo_id: str, *, revision: str | None, version: int | None, system: SystemInfo, user_agent: str | dict | None = None
+) -> Resolved:
+    """Pin `repo_id` at `revision` / `version` to a commit and list its variants (see module doc).
+
+    `user_agent` goes with the Hub requests, if any are made."""
     if version is None and cache.is_commit(revision):
         hit = from_cache(repo_id, revision, None)
         if hit is not None and any(check_variant(v, system).accepted for v in hit.variants):
@@ -37,7 +41,7 @@ def resolve(repo_id: str, *, revision: str | None, version: int | None, system: 
     from . import remote  # the Hub client is imported only when the Hub is needed
 
     try:
-        return remote.resolve_remote(repo_id, revision, version)
+        return remote.resolve_remote(repo_id, revision, version, user_agent=user_agent)
     except HubUnavailableError as exc:
         hit = from_cache(repo_id, revision, version)
         if hit is None:
@@ -50,14 +54,14 @@ def resolve(repo_id: str, *, revision: str | None, version: int | None, system: 
         return hit
 
 
-def fetch(resolved: Resolved, variant: str) -> tuple[Path, str]:
+def fetch(resolved: Resolved, variant: str, *, user_agent: str | dict | None = None) -> tuple[Path, str]:
     """Variant `variant` of `resolved` on disk, downloaded if needed: (its directory, its commit)."""
     if resolved.from_cache:
         folder = cache.repo_folder(env.hub_cache_dir(), resolved.repo_type, resolved.repo_id)
         return cache.variant_dir(folder, resolved.commit, variant), resolved.commit
     from . import remote
 
-    return remote.download_variant(resolved, variant)
+    return remote.download_variant(resolved, variant, user_agent=user_agent)
 
 
 def from_cache(repo_id: str, revision: str | None, version: int | None) -> Resolved | None:

@@ -59,6 +59,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[tuple[str, str], FakeRepo] = {}
         self.requests: list[tuple[str, str]] = []
+        self.user_agents: list[str] = []  # the User-Agent header of each request, in order
         self.faults: list[Fault] = []
         self.hold: tuple[str, int] | None = None  # (pattern, n): file bodies wait until n HEADs of it came
         self._lock = threading.Lock()
@@ -166,6 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         with self.fake._lock:
             self.fake.requests.append((self.command, url.path))
+            self.fake.user_agents.append(self.headers.get("User-Agent", ""))
             self.fake._heads.notify_all()
         fault = self.fake._fault_for(self.command, url.path, body)
         if fault is not None and fault.status is not None:

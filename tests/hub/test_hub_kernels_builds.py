@@ -243,3 +243,50 @@ def test_bytecode_is_never_downloaded(publish_builds, hub_env):
     cached = hub_env / "kernels--kernels-community--scale" / "snapshots" / commit / "build" / "torch-cpu"
     assert not (cached / "evil.pyc").exists()
     assert not [p for p in cached.rglob("*.pyc") if "cpython-311.pyc" in p.name and p.stat().st_size == 16]
+
+
+# -- check_arch: the metadata's backend.archs against the device ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "archs, capability, runs",
+    [
+        (["8.0"], (8, 6), True), (["8.0"], (9, 0), False), (["9.0a"], (9, 0), True), (["9.0a"], (9, 1), False),
+        (["10.0f"], (10, 3), True), (["10.0f"], (12, 0), False), (["8.0+PTX"], (12, 0), True), (["9.0"], (8, 9), False),
+        (["7.5", "9.0a"], (9, 0), True), (["compute_90"], (7, 0), True),  # no known format: assume it runs
+    ],
+)
+def test_cuda_arch_rules_of_kernels(archs, capability, runs):
+    from kernel_fx.hub.archs import supports_cuda
+
+    assert supports_cuda(archs, capability) is runs
+
+
+def test_archs_without_that_device_do_not_block(publish_builds):
+    variant = kernels_variant("scale_archs", kernel_files("archs"), backend="cuda")  # the digest leaves metadata out
+    metadata = json.loads(variant["metadata.json"])
+    metadata["backend"]["archs"] = ["1.0a"]  # no GPU here (or not a CUDA one): nothing to check against
+    variant["metadata.json"] = json.dumps(metadata)
+    publish_builds({"torch-cpu": variant})
+    assert get_kernel(REPO, backend="cpu").TAG == "archs"
+
+
+@pytest.mark.cuda
+def test_a_build_for_other_gpus_is_refused_unless_check_arch_is_false(publish_builds):
+    from kernel_fx.hub.errors import UnsupportedArchError
+
+    variant = kernels_variant("scale_other_gpu", kernel_files("other-gpu"), backend="cuda", digest=False)
+    metadata = json.loads(variant["metadata.json"])
+    metadata["backend"]["archs"] = ["1.0a"]
+    variant["metadata.json"] = json.dumps(metadata)
+    publish_builds({"torch-cuda": variant})
+    with pytest.raises(UnsupportedArchError, match=r"not among the build's archs: 1.0a.*check_arch=False") as info:
+        get_kernel(REPO)
+    assert isinstance(info.value, RuntimeError)  # as in kernels
+    assert get_kernel(REPO, check_arch=False).TAG == "other-gpu"
+
+
+def test_user_agent_goes_with_every_hub_request(publish_builds, hub):
+    publish_builds({"torch-cpu": _variant("agent", "scale_agent")})
+    get_kernel(REPO, backend="cpu", user_agent={"app": "demo-app"})
+    assert hub.user_agents and all("app/demo-app" in agent for agent in hub.user_agents)
