@@ -5,12 +5,13 @@
 | `KERNEL_FX_CACHE` | cache directory, passed to huggingface_hub as `cache_dir` (default: its `HF_HUB_CACHE`) |
 | `KERNELS_CACHE` | the Hugging Face `kernels` package's name for the same, used when `KERNEL_FX_CACHE` is unset |
 | `KERNEL_FX_LOCAL_KERNELS` | `org/name=/path` overrides, separated by `:` or `,` |
-| `LOCAL_KERNELS` | `kernels`' overrides, `org/name=/path` separated by `:` only; as in `kernels`, not for locked loads; `KERNEL_FX_LOCAL_KERNELS` wins for a repo named in both |
+| `LOCAL_KERNELS` | `kernels`' overrides, `org/name=/path` separated by `:` only; not for locked loads (as in `kernels`) |
 | `KERNEL_FX_TRUSTED` | comma-separated owners or repo ids whose kernels may run without opt-in |
 | `HF_HUB_OFFLINE` | `1`: resolve everything from the cache, never open a connection |
 | `HF_ENDPOINT` | the Hub to talk to; read here too because huggingface_hub reads it only at import |
 
-Zipped builds are unpacked under `<cache>/.kernel_fx/unzipped/` (see `archives`).
+`KERNEL_FX_LOCAL_KERNELS` wins for a repo named in both override variables. Zipped builds are
+unpacked under `<cache>/.kernel_fx/unzipped/` (see `archives`).
 
 >>> {k: v.as_posix() for k, v in parse_local_kernels("org/a=/opt/a:org/b=C:/kernels/b,org/c=rel/c").items()}
 {'org/a': '/opt/a', 'org/b': 'C:/kernels/b', 'org/c': 'rel/c'}

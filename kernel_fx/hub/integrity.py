@@ -30,8 +30,8 @@ import base64
 import binascii
 import hashlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .errors import KernelIntegrityError
 

@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Union
+from typing import TYPE_CHECKING, Any
 
 from . import cache, env
-from .errors import LockfileError, NoVariantError, NotCachedError
+from .errors import LockfileError, NotCachedError, NoVariantError
 from .importer import read_metadata
 from .integrity import check_digest, hash_files, verify_files
 from .kernels_lock import KERNELS_LOCKFILE_NAME, LockedCommit, is_kernels_lock, parse_kernels_lock
@@ -76,7 +77,7 @@ class LockedVariant:
         return f"{self.repo_id}@{self.commit[:12]} variant {self.variant}"
 
 
-LockEntry = Union[LockedVariant, LockedCommit]
+LockEntry = LockedVariant | LockedCommit
 
 
 # -- reading and writing ----------------------------------------------------------------------

@@ -48,7 +48,7 @@ def announce_newer(repo_id: str, version: int, newest: int) -> None:
         _log_newer(repo_id, version, newest)
 
 
-@functools.lru_cache(maxsize=None)  # the cache is the "once": a repeated call does not log again
+@functools.cache  # the cache is the "once": a repeated call does not log again
 def _log_newer(repo_id: str, version: int, newest: int) -> None:
     logger.warning(
         "kernel_fx: %s has a newer version (v%d) than the requested v%d; pass version=%d to use it.",

@@ -13,14 +13,13 @@ True
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Union
 
 from ..errors import MappingError
 from . import env
 from .errors import UntrustedKernelError
 
 DEFAULT_TRUSTED = frozenset({"kernels-community"})
-TrustSetting = Union[bool, Collection[str]]
+TrustSetting = bool | Collection[str]
 
 
 def check_trust_setting(trust_remote_code: object) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from hub_helpers import kernel_files
 from hub_server import FakeHub, closed_port_url
 from kernel_repos import make_kernel_repo

@@ -13,8 +13,8 @@ from kernel_fx.hub.errors import (
     HubUnreachableError,
     KernelRepoNotFoundError,
     KernelRevisionNotFoundError,
-    NoVariantError,
     NotCachedError,
+    NoVariantError,
     UntrustedKernelError,
 )
 

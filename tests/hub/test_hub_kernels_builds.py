@@ -12,8 +12,8 @@ import sys
 import zipfile
 
 import pytest
-
 from hub_helpers import kernel_files, kernels_digest, kernels_variant, run_python, write_repo, zip_bytes
+
 from kernel_fx import get_kernel, get_local_kernel, load_kernel
 from kernel_fx.errors import KernelLoadError
 from kernel_fx.hub import archives
@@ -47,7 +47,7 @@ def _variant(tag: str, kernel_id: str, **kwargs) -> dict:
 
 
 def test_dotted_arch_variant_is_chosen_and_imported(publish_builds, hub):
-    other_torch = "torch-2.{}-cpu-{}-{}".format(SYSTEM.torch[1] + 1, PY, HERE)
+    other_torch = f"torch-2.{SYSTEM.torch[1] + 1}-cpu-{PY}-{HERE}"
     publish_builds({DOTTED_ARCH: _variant("dotted", "scale_dotted"), other_torch: _variant("other", "scale_other"),
                     "torch-cpu": _variant("noarch", "scale_noarch")})
     kernel = get_kernel(REPO, backend="cpu")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
 from hub_helpers import kernel_files
+from kernel_repos import make_kernel_repo
+
 from kernel_fx import get_kernel, get_kernel_variants, has_kernel, load_kernel
 from kernel_fx.hub.errors import EnvironmentVariableError, NotCachedError
 from kernel_fx.hub.importer import source_of
-from kernel_repos import make_kernel_repo
 
 
 def test_local_kernels_replaces_hub_repos(tmp_path, monkeypatch):

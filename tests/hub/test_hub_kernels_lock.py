@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from hub_helpers import cli, kernel_files, kernels_variant, run_python, write_repo
 
 import kernel_fx
-from hub_helpers import cli, kernel_files, kernels_variant, run_python, write_repo
 from kernel_fx import load_kernel
 from kernel_fx.errors import KernelFxError, KernelLoadError
 from kernel_fx.hub.errors import KernelIntegrityError, LockfileError, NotCachedError

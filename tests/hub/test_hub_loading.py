@@ -7,9 +7,10 @@ import logging
 import sys
 
 import pytest
-
 from hub_helpers import kernel_files
+
 from kernel_fx import get_kernel, get_kernel_variants, has_kernel
+from kernel_fx.errors import KernelLoadError
 from kernel_fx.hub.errors import (
     KernelIntegrityError,
     KernelRepoNotFoundError,
@@ -19,7 +20,6 @@ from kernel_fx.hub.errors import (
 from kernel_fx.hub.importer import source_of
 from kernel_fx.hub.integrity import sha256_file
 from kernel_fx.hub.variants import system_info
-from kernel_fx.errors import KernelLoadError
 
 REPO = "kernels-community/scale"  # trusted by default
 ARCH = "torch{}{}-cxx11-cpu-x86_64-linux".format(*system_info("cpu").torch)

@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 import torch
+from hub_helpers import cli
 from torch import nn
 
 import kernel_fx
-from hub_helpers import cli
 from kernel_fx import LockedLayerRepository, kernelize, load_kernel
 from kernel_fx.hub.errors import KernelIntegrityError, LockfileError, NotCachedError
 from kernel_fx.hub.importer import source_of

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from hub_helpers import run_python
+
 from kernel_fx import get_kernel, get_kernel_variants, has_kernel
-from kernel_fx.hub.errors import NoVariantError, NotCachedError
+from kernel_fx.hub.errors import NotCachedError, NoVariantError
 from kernel_fx.hub.importer import source_of
 
 REPO = "kernels-community/scale"
@@ -56,7 +56,8 @@ def test_offline_unknown_version_lists_the_cached_ones(warm, offline, hub_env):
 
 def test_offline_and_never_cached(offline, hub_env):
     offline()
-    with pytest.raises(NotCachedError, match=r"HF_HUB_OFFLINE is set and kernel kernels-community/none@main is not in the cache .*nothing is cached for this repo"):
+    message = r"HF_HUB_OFFLINE is set and kernel kernels-community/none@main is not in the cache .*nothing is cached for this repo"
+    with pytest.raises(NotCachedError, match=message):
         get_kernel("kernels-community/none", backend="cpu")
     with pytest.raises(NotCachedError):
         has_kernel("kernels-community/none", backend="cpu")  # unknown, not "no"

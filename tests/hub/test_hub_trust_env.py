@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hub_helpers import kernel_files
+from kernel_repos import make_kernel_repo
 
 import kernel_fx
 from kernel_fx import LayerRepository, MappingError, get_kernel, get_local_kernel, has_kernel
 from kernel_fx.errors import KernelLoadError
 from kernel_fx.hub.errors import UntrustedKernelError
 from kernel_fx.hub.importer import source_of
-
-from hub_helpers import kernel_files
-from kernel_repos import make_kernel_repo
 
 
 @pytest.fixture
