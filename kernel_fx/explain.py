@@ -51,23 +51,29 @@ class Explanation:
 
 
 def explain(
-    model: nn.Module, *example_inputs: Any, device: str | torch.device | None = None, compile: bool = True, **kernelize_kwargs: Any
+    model: nn.Module,
+    *example_inputs: Any,
+    device: str | torch.device | None = None,
+    compile: bool = True,
+    kernelize_kwargs: dict[str, Any] | None = None,
+    **model_kwargs: Any,
 ) -> Explanation:
     """What `kernelize(model)` and `torch.compile(model, backend="hubkernels")` would do, on copies.
 
-    The compiled dry run traces `model(*example_inputs)` once under `torch.no_grad()` with the
-    inner compiler "eager", so it is cheap; `model` itself is never changed.
+    The compiled dry run calls `model(*example_inputs, **model_kwargs)` once (e.g. `use_cache=True`,
+    `attention_mask=...`) under `torch.no_grad()` with the inner compiler "eager", so it is cheap;
+    `model` itself is never changed. `kernelize_kwargs` go to `kernelize` (`mode=`, `filter_fn=`, ...).
     """
     from .compile.backend import HubKernelsBackend
     from .kernelize import kernelize, report
 
     eager_copy = copy.deepcopy(model)
-    kernelize(eager_copy, device=device, **kernelize_kwargs)
+    kernelize(eager_copy, device=device, **(kernelize_kwargs or {}))
     explanation = Explanation(report(eager_copy))
-    if compile and example_inputs:
+    if compile and (example_inputs or model_kwargs):
         backend = HubKernelsBackend(inner="eager", device=device)
         compiled = torch.compile(copy.deepcopy(model), backend=backend)
         with torch.no_grad():
-            compiled(*example_inputs)
+            compiled(*example_inputs, **model_kwargs)
         explanation.compiled = backend.report
     return explanation

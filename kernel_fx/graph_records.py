@@ -84,6 +84,7 @@ class SubstitutionKind(str, Enum):
     TRACED = "traced"  # the kernel's forward traced to aten ops and copied in (fusable)
     CALL = "call"  # one node calling the kernel's forward; AOTAutograd traces through it
     OPAQUE = "opaque"  # one opaque custom op: the kernel could not be traced
+    TRACE_TIME = "at trace time"  # dynamo traced the kernel's forward instead of the original's (a call carrying state)
 
 
 @dataclass(frozen=True)

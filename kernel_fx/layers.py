@@ -106,6 +106,7 @@ def mark_forward(cls: type[nn.Module]) -> bool:
 
     setattr(marked_forward, MARKED_ATTR, True)
     cls.forward = marked_forward  # type: ignore[method-assign]
+    markers.MARKED_CLASSES[markers.class_name(cls)] = cls
     return True
 
 

@@ -53,6 +53,8 @@ def value_kinds(names: tuple) -> list[str]:
     return kinds
 
 _tokens = itertools.count(1)
+# Marked classes by `class_name`, so a trace-time choice can plan for the class it names.
+MARKED_CLASSES: dict[str, type] = {}
 
 
 def enter(meta: tuple, *values: Any) -> tuple[torch.Tensor, ...]:
@@ -142,7 +144,16 @@ def marked_call(forward: Callable[..., Any], wrapper: Callable[..., Any], module
             values.extend(value)
         else:  # not passed to the marker (dynamo could not put it in a graph); the backend skips the site
             names.append((key, UNSUPPORTED))
-    meta = (token, module.training, tuple(names), class_name(type(module)), getattr(module, "kernel_layer_name", None))
+    layer_name = getattr(module, "kernel_layer_name", None)
+    plan_id = 0
+    chooser = _trace_time["chooser"]
+    if chooser is not None and any(kind == UNSUPPORTED for _key, kind in names):
+        # An argument carries Python state (a KV cache): no graph value can stand for it after
+        # tracing, so the backend's choice is made now and its kernel traced in place of the forward.
+        plan_id = chooser(class_name(type(module)), layer_name, _device_type(values), _needs_grad(module, values))
+    meta = (token, module.training, tuple(names), class_name(type(module)), layer_name, plan_id)
+    if plan_id:
+        forward = getattr(TRACE_TIME_FORWARDS, f"plan_{plan_id}", forward)
     aliases = iter(enter(meta, *values))
     new_args = list(args)
     new_kwargs = dict(kwargs)
@@ -159,6 +170,36 @@ def marked_call(forward: Callable[..., Any], wrapper: Callable[..., Any], module
             new_kwargs[key] = alias
     out = forward(module, *new_args, **new_kwargs)
     return _marked_output(token, out)
+
+
+def _device_type(values: list[Any]) -> str:
+    return next((v.device.type for v in values if isinstance(v, torch.Tensor)), "cpu")
+
+
+def _needs_grad(module: nn.Module, values: list[Any]) -> bool:
+    if module.training:
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    return any(v.requires_grad for v in values if isinstance(v, torch.Tensor)) or any(p.requires_grad for p in module.parameters())
+
+
+class _Forwards:
+    """Kernel forwards chosen at trace time, as attributes `plan_<id>`: dynamo keeps the view of a
+    dict it read earlier in a trace, but looks up a new attribute name afresh."""
+
+
+# Trace-time substitution (see compile/trace_time.py, which registers the chooser when the backend
+# loads): `chooser(class name, layer name, device type, needs grad) -> plan id` runs at trace time
+# (dynamo treats it as a constant), and a plan that runs a kernel sets its forward here.
+_trace_time: dict[str, Any] = {"chooser": None}
+TRACE_TIME_FORWARDS = _Forwards()
+
+
+def set_trace_time_chooser(chooser: Callable[[str, str | None, str, bool], int]) -> None:
+    """Install the function that decides, while dynamo traces, a call whose arguments carry Python state."""
+    chooser._dynamo_marked_constant = True  # type: ignore[attr-defined]  # = torch._dynamo.assume_constant_result
+    _trace_time["chooser"] = chooser
 
 
 def _marked_output(token: int, out: Any) -> Any:

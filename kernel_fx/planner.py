@@ -22,8 +22,10 @@ the caller can run the kernel as an opaque op). Loads and plans are cached per p
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +117,13 @@ class Planner:
         """What runs at a site of `module` under one `condition` (the graph paths' question)."""
         return self._plan(module, layer_name, original_forward(module), condition)
 
+    def plan_class(self, cls: type[nn.Module], layer_name: str, condition: Condition) -> KernelPlan:
+        """The same for any instance of `cls` that has no forward of its own (trace-time choices)."""
+        key = (layer_name, cls.forward, condition)
+        if key not in self._plans:
+            self._plans[key] = self._fresh_plan(cls.__name__, layer_name, cls.forward, lambda: inspect.signature(cls.forward), condition)
+        return self._plans[key]
+
     def _site_plan(self, module: nn.Module, layer_name: str, original: Any, plans: dict[Condition, KernelPlan]) -> SitePlan:
         forward = None
         if any(p.kernel is not None for p in plans.values()):
@@ -124,10 +133,11 @@ class Planner:
     def _plan(self, module: nn.Module, layer_name: str, original: Any, condition: Condition) -> KernelPlan:
         key = (layer_name, original, condition)
         if key not in self._plans:
-            self._plans[key] = self._fresh_plan(module, layer_name, original, condition)
+            self._plans[key] = self._fresh_plan(type(module).__name__, layer_name, original, lambda: original_signature(module), condition)
         return self._plans[key]
 
-    def _fresh_plan(self, module: nn.Module, layer_name: str, original: Any, condition: Condition) -> KernelPlan:
+    def _fresh_plan(self, owner: str, layer_name: str, original: Any, signature: Callable[[], inspect.Signature],
+                    condition: Condition) -> KernelPlan:
         choice = resolve(layer_name, self.device, condition.mode, capability=self.capability)
         if isinstance(choice, Rejected):
             return KernelPlan(None, None, choice)
@@ -135,10 +145,10 @@ class Planner:
         repo = choice.repository
         if isinstance(kernel, Exception):
             return KernelPlan(None, repo, Rejected(Reason.LOAD_FAILED, f"{type(kernel).__name__}: {kernel}"))
-        problem = kernel_problem(kernel, original, lambda: original_signature(module))
+        problem = kernel_problem(kernel, original, signature)
         if problem:
             where = f"kernel layer {layer_name} from {repository_label(repo)}"
-            return KernelPlan(None, repo, Rejected(Reason.VALIDATION_FAILED, f"{where} does not fit {type(module).__name__}: {problem}"))
+            return KernelPlan(None, repo, Rejected(Reason.VALIDATION_FAILED, f"{where} does not fit {owner}: {problem}"))
         if condition.grad and not getattr(kernel, "has_backward", True):
             return KernelPlan(None, repo, Rejected(Reason.TRAINING_FALLBACK, "kernel has no backward (has_backward = False)"))
         if condition.compiling and not self.opaque_ok and not getattr(kernel, "can_torch_compile", False):

@@ -71,6 +71,7 @@ from ..graph_records import GraphRecord
 from ..layers import mark_hub_classes
 from ..modes import Mode
 from ..report import Report
+from . import trace_time  # noqa: F401 - registers the trace-time chooser with the markers
 from .frame import current_frame
 from .graph_pass import run_pass
 from .options import Options

@@ -22,7 +22,9 @@ from ..decisions import Decision, Outcome, Reason, Rejected, raise_unless_allowe
 from ..devices import Device
 from ..forwards import Condition, installed_forward, original_forward
 from ..graph_records import SubstitutionKind
+from ..layers import extensible_modules, layer_name_of
 from ..planner import KernelPlan, Planner, build_decision, is_disabled, repository_label
+from . import trace_time
 from .prepare import Substitution, TraceCache, prepare
 from .sites import Site
 
@@ -93,10 +95,17 @@ class Candidate:
 
 @dataclass(frozen=True)
 class SiteDecision:
-    """A site's decision, and its substitution when a kernel goes in."""
+    """A site's decision, and its substitution when a kernel goes in (`traced_in`: the kernel was
+    put in while dynamo traced, so the graph already holds it)."""
 
     decision: Decision
     substitution: Substitution | None = None
+    traced_in: Site | None = None
+    enclosed: tuple[Decision, ...] = ()  # marked calls inside a traced-in kernel's original, never traced
+
+    @property
+    def decisions(self) -> tuple[Decision, ...]:
+        return (self.decision, *self.enclosed)
 
 
 def decide(sites: Sequence[Site], context: PassContext, checks: Sequence[Check]) -> list[SiteDecision]:
@@ -123,6 +132,8 @@ def _decide_one(sites: Sequence[Site], i: int, replaced: set[int], context: Pass
         detail = f"inside {enclosing.path or '<root>'} ({enclosing.layer_name}), which runs a kernel"
         return SiteDecision(_decision(site, None, Outcome.ORIGINAL, Rejected(Reason.ENCLOSED, detail)))
     candidate = Candidate(site, context)
+    if site.trace_plan:
+        return _chosen_at_trace_time(candidate)
     installed = _installed_by_kernelize(candidate)
     if installed is not None:
         return SiteDecision(installed)
@@ -135,6 +146,25 @@ def _decide_one(sites: Sequence[Site], i: int, replaced: set[int], context: Pass
     assert isinstance(sub, Substitution)  # the `prepares` check rejected every other outcome
     outcome = Outcome.OPAQUE_KERNEL if sub.how is SubstitutionKind.OPAQUE else Outcome.KERNEL
     return SiteDecision(_decision(site, candidate, outcome, sub.why_opaque), sub)
+
+
+def _chosen_at_trace_time(candidate: Candidate) -> SiteDecision:
+    """A call carrying Python state was decided while dynamo traced it (see trace_time.py)."""
+    site = candidate.site
+    plan = trace_time.PLANS[site.trace_plan]
+    if plan.kernel is None:
+        return SiteDecision(_decision(site, candidate, Outcome.ORIGINAL, plan.rejected, plan=plan))
+    # the original was not traced, so the marked calls it would make are not in the graph: report
+    # them as eager kernelize does, inside a call that runs a kernel
+    inner = [(path, module) for path, module in extensible_modules(site.module) if path] if site.module is not None else []
+    detail = f"inside {site.path or '<root>'} ({site.layer_name}), which runs a kernel"
+    enclosed = tuple(
+        build_decision(path=f"{site.path}.{path}", layer_name=layer_name_of(module) or "?", module_class=type(module).__name__,
+                       device=str(candidate.device), mode="-", outcome=Outcome.ORIGINAL, plan=None,
+                       rejected=Rejected(Reason.ENCLOSED, detail), call_index=site.call_index, path_kind="compiled")
+        for path, module in inner
+    )
+    return SiteDecision(_decision(site, candidate, Outcome.KERNEL, None, plan=plan), traced_in=site, enclosed=enclosed)
 
 
 def _installed_by_kernelize(candidate: Candidate) -> Decision | None:

@@ -18,7 +18,7 @@ from typing import Any
 from torch import fx
 
 from .. import markers
-from ..graph_records import GraphRecord, GraphSnapshot, SiteDiff
+from ..graph_records import GraphRecord, GraphSnapshot, SiteDiff, SubstitutionKind, op_lines
 from ..report import Report
 from .apply import apply
 from .autotune import MEMO_KEY as AUTOTUNE
@@ -26,7 +26,7 @@ from .checks import DEFAULT_CHECKS
 from .decide import Check, Compiler, PassContext, SiteDecision, decide
 from .frame import FrameInfo, current_compile_id
 from .options import Options
-from .sites import find_sites
+from .sites import Site, find_sites
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def run_pass(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options
         compile_id=current_compile_id(),
         before=before,
         after=GraphSnapshot.of(gm, keep=True),
-        decisions=[d.decision for d in decided],
+        decisions=[decision for d in decided for decision in d.decisions],
         inner=inner,
         site_diffs=diffs,
         autotune=tuner.results if tuner is not None else [],
@@ -102,5 +102,11 @@ def _one_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Optio
     sites = find_sites(gm, example_inputs, frame)
     context = PassContext(options, gm, example_inputs, sites, compile_fn, inner)
     decided = decide(sites, context, checks)
+    traced_in = [_traced_in_diff(d.traced_in) for d in decided if d.traced_in is not None]  # before apply erases markers
     diffs = apply(gm, [d.substitution for d in decided if d.substitution is not None])
-    return decided, diffs, context.memos.get(AUTOTUNE)
+    return decided, traced_in + diffs, context.memos.get(AUTOTUNE)
+
+
+def _traced_in_diff(site: Site) -> SiteDiff:
+    before = ("(the original forward was not traced: the kernel went in while dynamo traced the call)",)
+    return SiteDiff(site.path, site.call_index, site.layer_name, SubstitutionKind.TRACE_TIME, before, op_lines(site.nodes))

@@ -91,6 +91,7 @@ class Site:
     problem: Rejected | None = None
     call_index: int = 0
     enclosing: int | None = None
+    trace_plan: int = 0  # the id of the plan chosen while dynamo traced (see trace_time.py), else 0
 
     @property
     def module(self) -> nn.Module | None:
@@ -271,7 +272,7 @@ def _identity(graph: _GraphIndex, marker: fx.Node) -> SiteIdentity:
     layer_name = layer_name_of(module if module is not None else cls)  # type: ignore[arg-type]
     name = type(module).__name__ if module is not None else getattr(cls, "__name__", "?")
     if marker.target is markers.enter:
-        _token, _training, _names, marked_class, layer_name = marker.args[0]
+        _token, _training, _names, marked_class, layer_name, _plan = marker.args[0]
         if module is None or markers.class_name(type(module)) != marked_class:
             # no such module, or the innermost call is another module's: this forward was called directly
             module, name = None, marked_class.rsplit(".", 1)[-1]
@@ -316,7 +317,7 @@ def _marked(graph: _GraphIndex, enter: fx.Node, exit_: fx.Node) -> Site:
     module = identity.module
     start, end = graph.position[enter], graph.position[exit_]
     nodes = tuple(graph.nodes[start : end + 1])
-    _token, training, names, _class, _layer = enter.args[0]
+    _token, training, names, _class, _layer, trace_plan = enter.args[0]
     if identity.host is not None:  # a global function module's own flag is never set by model.eval()
         training = identity.host.training
     values = iter(enter.args[1:])
@@ -325,7 +326,8 @@ def _marked(graph: _GraphIndex, enter: fx.Node, exit_: fx.Node) -> Site:
     problem = None
     for key, kind in names:
         if kind == markers.UNSUPPORTED:
-            problem = Rejected(Reason.AMBIGUOUS_BINDING, f"argument {key!r} is neither a tensor nor a constant the graph can carry")
+            if not trace_plan:
+                problem = Rejected(Reason.AMBIGUOUS_BINDING, f"argument {key!r} is neither a tensor nor a constant the graph can carry")
             value = None
         elif isinstance(kind, tuple):  # a tuple of tensors
             value = tuple(next(values) for _ in range(kind[1]))
@@ -357,7 +359,7 @@ def _marked(graph: _GraphIndex, enter: fx.Node, exit_: fx.Node) -> Site:
     context = CallContext(training=bool(training), needs_grad=bool(training) or requires_grad(results),
                           autocast=enter in graph.in_autocast, device=_first_device([*results, *enter.args[1:]]))
     return Site(identity=identity, start=start, end=end, nodes=nodes, marked=True, context=context,
-                binding=binding, problem=problem)
+                binding=binding, problem=problem, trace_plan=trace_plan)
 
 
 # -- calls found by their nn_module_stack ---------------------------------------------------------
@@ -445,7 +447,10 @@ def _with_nesting(sites: list[Site]) -> list[Site]:
         while stack and result[stack[-1]].end < site.start:
             stack.pop()
         enclosing = stack[-1] if stack and site.end <= result[stack[-1]].end else None
-        module_id = (id(site.module), site.path) if site.module is not None else -len(result) - 1
+        if site.module is None:
+            module_id: Any = -len(result) - 1
+        else:  # a shared global function module counts its calls per caller, as kernelize sees them
+            module_id = (id(site.module), site.path) if site.identity.host is not None else id(site.module)
         index = calls.get(module_id, 0)
         calls[module_id] = index + 1
         result.append(replace(site, enclosing=enclosing, call_index=index))

@@ -42,11 +42,32 @@ def test_two_input_layer_reading_its_second_argument_first_binds_exactly(inner, 
     assert _outcomes(report) == [("mix", 0, Outcome.KERNEL, None)]
 
 
-def test_two_input_layer_without_marked_call_is_skipped_with_a_reason(mapping):
-    report = _compile(TwoInputs(HubStyleMix()).eval(), mapping(Mix=MIX), torch.randn(3, 8))
-    decision, = report.decisions
-    assert decision.outcome is Outcome.ORIGINAL
-    assert decision.rejected.reason is Reason.AMBIGUOUS_BINDING
+@pytest.mark.parametrize("inner", INNERS)
+def test_two_input_layer_marked_only_by_its_layer_name_binds_exactly(inner, mapping):
+    """A class marked the way the `kernels` package and transformers mark (only `kernel_layer_name`)
+    gets kernel_fx's call boundary when the backend loads, so its arguments bind exactly too."""
+    report = _compile(TwoInputs(HubStyleMix()).eval(), mapping(Mix=MIX), torch.randn(3, 8), inner=inner)
+    assert _outcomes(report) == [("mix", 0, Outcome.KERNEL, None)]
+
+
+def test_layer_name_only_class_defined_after_the_backend_is_refused_with_a_reason(mapping):
+    backend = HubKernelsBackend(inner="eager")  # marks the classes loaded so far
+
+    class LateMix(nn.Module):
+        kernel_layer_name = "Mix"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.alpha = 0.5
+
+        def forward(self, x, y):
+            return y * self.alpha - x
+
+    model = TwoInputs(LateMix()).eval()
+    with use_kernel_mapping(mapping(Mix=MIX)), torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend=backend)(torch.ones(3, 8)), model(torch.ones(3, 8)))
+    decision, = backend.report.decisions
+    assert decision.outcome is Outcome.ORIGINAL and decision.rejected.reason is Reason.AMBIGUOUS_BINDING
     assert "not one tensor in" in decision.rejected.detail
 
 
@@ -197,19 +218,30 @@ class Weighted(nn.Module):
 """
 
 
-def test_argument_the_graph_cannot_carry_is_skipped_with_a_reason(mapping):
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.weighted = Weighted()
+class WeightedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weighted = Weighted()
 
-        def forward(self, x):
-            return self.weighted(x, (2.0, 3.0))
+    def forward(self, x):
+        return self.weighted(x, (2.0, 3.0))
 
-    report = _compile(Net().eval(), mapping(Weighted=WEIGHTED), torch.randn(3, 8))
+
+def test_argument_the_graph_cannot_carry_gets_its_kernel_at_trace_time(mapping):
+    backend = HubKernelsBackend(inner="eager")
+    model = WeightedNet().eval()
+    with use_kernel_mapping(mapping(Weighted=WEIGHTED)), torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend=backend)(torch.ones(3, 8)), model(torch.ones(3, 8)))
+    decision, = backend.report.decisions
+    assert decision.outcome is Outcome.KERNEL and decision.rejected is None
+    (diff,) = backend.records[0].site_diffs
+    assert diff.how.value == "at trace time" and any("torch.mul" in line for line in diff.after)
+
+
+def test_argument_the_graph_cannot_carry_without_a_kernel_keeps_the_original_with_the_reason(mapping):
+    report = _compile(WeightedNet().eval(), mapping(Weighted=WEIGHTED.replace("x, weights", "x, weights, extra")), torch.randn(3, 8))
     decision, = report.decisions
-    assert decision.outcome is Outcome.ORIGINAL and decision.rejected.reason is Reason.AMBIGUOUS_BINDING
-    assert "argument 1 is neither a tensor nor a constant" in decision.rejected.detail
+    assert decision.outcome is Outcome.ORIGINAL and decision.rejected.reason is Reason.VALIDATION_FAILED
 
 
 def test_forward_called_directly_is_not_misattributed(mapping):
