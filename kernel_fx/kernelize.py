@@ -21,7 +21,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .decisions import DISABLED, FILTERED, Decision, Reason, Rejected, raise_unless_allowed
+from .decisions import DISABLED, FILTERED, Decision, raise_unless_allowed
 from .devices import Device, device_index
 from .errors import KernelFxError
 from .forwards import CONDITIONS, Condition, installed_forward, make_forward
@@ -63,21 +63,15 @@ def kernelize(
     mark_hub_classes()  # so a later torch.compile(backend="hubkernels") binds their calls exactly
     hosts = hub_function_hosts(model)
     plans = []
-    kernel_paths: dict[str, str] = {}  # sites that run a kernel whatever the call: path -> layer name
     for path, module in extensible_modules(model):
         layer_name = layer_name_of(module)
         assert layer_name is not None  # extensible_modules yields marked modules only
-        outer = _enclosing(path, kernel_paths)
         if disabled:
             site = planner.skipped(module, layer_name, DISABLED)
-        elif outer is not None:  # the kernel replaces the whole call: this forward never runs
-            site = planner.skipped(module, layer_name, Rejected(Reason.ENCLOSED, f"inside {outer[0]} ({outer[1]}), which runs a kernel"))
         elif filter_fn is not None and not filter_fn(module, path):
             site = planner.skipped(module, layer_name, FILTERED)
         else:
             site = planner.site(module, layer_name)
-            if all(plan.kernel is not None for plan in site.plans.values()):
-                kernel_paths[path] = layer_name
         if not use_fallback:
             _raise_on_fallback(path, layer_name, target, mode, site.plans, needs_torch_compile)
         plans.append((path, module, site))
@@ -103,18 +97,6 @@ def report(model: nn.Module) -> Report:
     if sites is None:
         raise KernelFxError(f"{type(model).__name__} has not been kernelized; call kernel_fx.kernelize(model) first.")
     return Report([replace(d, path=path) for path, decisions in sites for d in decisions])
-
-
-def _enclosing(path: str, kernel_paths: dict[str, str]) -> tuple[str, str] | None:
-    """The outermost site above `path` that always runs a kernel, as (path, layer name)."""
-    parts = path.split(".")
-    for i in range(1, len(parts)):
-        outer = ".".join(parts[:i])
-        if outer in kernel_paths:
-            return outer or "<root>", kernel_paths[outer]
-    if path and "" in kernel_paths:
-        return "<root>", kernel_paths[""]
-    return None
 
 
 def _raise_on_fallback(path: str, layer_name: str, device: Device, mode: Mode | None,

@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from ..decisions import Decision, Outcome, Reason, Rejected, raise_unless_allowed
 from ..devices import Device
@@ -127,13 +127,12 @@ def decide(sites: Sequence[Site], context: PassContext, checks: Sequence[Check])
 
 def _decide_one(sites: Sequence[Site], i: int, replaced: set[int], context: PassContext, checks: Sequence[Check]) -> SiteDecision:
     site = sites[i]
+    candidate = Candidate(site, context)
     enclosing = _replaced_ancestor(sites, i, replaced)
     if enclosing is not None:
-        detail = f"inside {enclosing.path or '<root>'} ({enclosing.layer_name}), which runs a kernel"
-        return SiteDecision(_decision(site, None, Outcome.ORIGINAL, Rejected(Reason.ENCLOSED, detail)))
-    candidate = Candidate(site, context)
+        return SiteDecision(_enclosed(candidate, site.module, site.path, enclosing))
     if site.trace_plan:
-        return _chosen_at_trace_time(candidate)
+        return _chosen_at_trace_time(candidate, {s.path for s in sites})
     installed = _installed_by_kernelize(candidate)
     if installed is not None:
         return SiteDecision(installed)
@@ -148,23 +147,32 @@ def _decide_one(sites: Sequence[Site], i: int, replaced: set[int], context: Pass
     return SiteDecision(_decision(site, candidate, outcome, sub.why_opaque), sub)
 
 
-def _chosen_at_trace_time(candidate: Candidate) -> SiteDecision:
+def _chosen_at_trace_time(candidate: Candidate, graph_paths: set[str]) -> SiteDecision:
     """A call carrying Python state was decided while dynamo traced it (see trace_time.py)."""
     site = candidate.site
     plan = trace_time.PLANS[site.trace_plan]
     if plan.kernel is None:
         return SiteDecision(_decision(site, candidate, Outcome.ORIGINAL, plan.rejected, plan=plan))
-    # the original was not traced, so the marked calls it would make are not in the graph: report
-    # them as eager kernelize does, inside a call that runs a kernel
-    inner = [(path, module) for path, module in extensible_modules(site.module) if path] if site.module is not None else []
-    detail = f"inside {site.path or '<root>'} ({site.layer_name}), which runs a kernel"
-    enclosed = tuple(
-        build_decision(path=f"{site.path}.{path}", layer_name=layer_name_of(module) or "?", module_class=type(module).__name__,
-                       device=str(candidate.device), mode="-", outcome=Outcome.ORIGINAL, plan=None,
-                       rejected=Rejected(Reason.ENCLOSED, detail), call_index=site.call_index, path_kind="compiled")
-        for path, module in inner
-    )
+    # The original was not traced: the marked calls it would make and the kernel does not are not
+    # in the graph. Report them as eager kernelize lists them, each with why it does not run.
+    inner = [(f"{site.path}.{path}", module) for path, module in extensible_modules(site.module) if path] if site.module else []
+    enclosed = tuple(_enclosed(candidate, module, path, site) for path, module in inner if path not in graph_paths)
     return SiteDecision(_decision(site, candidate, Outcome.KERNEL, None, plan=plan), traced_in=site, enclosed=enclosed)
+
+
+def _enclosed(candidate: Candidate, module: nn.Module | None, path: str, outer: Site) -> Decision:
+    """A marked call inside a call that runs a kernel: its own reason when it would keep its
+    original anyway (as eager kernelize reports it), else that the enclosing kernel replaced it."""
+    layer_name = layer_name_of(module) if module is not None else candidate.site.layer_name
+    plan = None
+    if module is not None and layer_name is not None:
+        plan = candidate.context.planner(candidate.device).plan(module, layer_name, candidate.condition)
+    rejected = plan.rejected if plan is not None and plan.kernel is None else Rejected(
+        Reason.ENCLOSED, f"inside {outer.path or '<root>'} ({outer.layer_name}), which runs a kernel")
+    return build_decision(path=path, layer_name=layer_name or "?", module_class=type(module).__name__ if module is not None else "?",
+                          device=str(candidate.device), mode=str(candidate.condition.mode), outcome=Outcome.ORIGINAL, plan=plan,
+                          rejected=rejected, call_index=candidate.site.call_index if module is candidate.site.module else outer.call_index,
+                          path_kind="compiled")
 
 
 def _installed_by_kernelize(candidate: Candidate) -> Decision | None:

@@ -47,23 +47,32 @@ def ensures(gm: fx.GraphModule) -> None:
 
 
 def _bodies(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[tuple[fx.GraphModule, list[Any]]]:
-    """The body graphs of activation checkpointing (`tag_activation_checkpoint`) in `gm`, each with
-    example inputs: the real tensor where the body's input is one of `gm`'s inputs (parameters,
-    so sites bind their module's weights), else the fake value dynamo recorded."""
+    """The body graphs of activation checkpointing (`tag_activation_checkpoint`) and of `torch.cond`
+    branches in `gm`, each with example inputs: the real tensor where the body's input is one of
+    `gm`'s inputs (parameters, so sites bind their module's weights), else dynamo's fake value.
+    Other higher-order ops are not entered: their marked calls run the original forward, unreported."""
     import torch
 
-    hop = getattr(torch.ops.higher_order, "tag_activation_checkpoint", None)
+    ops = torch.ops.higher_order
+    checkpoint, cond = getattr(ops, "tag_activation_checkpoint", None), getattr(ops, "cond", None)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     real = dict(zip(placeholders, example_inputs))
+
+    def example(value: Any) -> Any:
+        return real.get(value, value.meta.get("example_value", value.meta.get("val"))) if isinstance(value, fx.Node) else value
+
     found = []
     for node in gm.graph.nodes:
-        if hop is None or node.op != "call_function" or node.target is not hop:
+        if node.op != "call_function" or node.target not in (checkpoint, cond) or node.target is None:
             continue
-        body_node, *operands = node.args
-        body = getattr(gm, str(body_node.target), None) if isinstance(body_node, fx.Node) else None
-        if isinstance(body, fx.GraphModule):
-            inputs = [real.get(a, a.meta.get("example_value", a.meta.get("val"))) if isinstance(a, fx.Node) else a for a in operands]
-            found.append((body, inputs))
+        if node.target is checkpoint:
+            body_nodes, operands = node.args[:1], node.args[1:]
+        else:  # cond(pred, true_fn, false_fn, operands)
+            body_nodes, operands = node.args[1:3], node.args[3]
+        for body_node in body_nodes:
+            body = getattr(gm, str(body_node.target), None) if isinstance(body_node, fx.Node) else None
+            if isinstance(body, fx.GraphModule):
+                found.append((body, [example(a) for a in operands]))
     return found
 
 

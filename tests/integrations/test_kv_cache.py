@@ -65,9 +65,13 @@ def attention_kernel(path: str) -> str:
 
 @pytest.fixture(params=list(FAMILIES))
 def family(request, tmp_path):
+    return tiny_family(request.param, tmp_path)
+
+
+def tiny_family(name: str, tmp_path):
     """A tiny model of the family with its attention class marked as "Attention", the mapping to
     the counting kernel, and the kernel's call counter."""
-    model_class, config, attention = FAMILIES[request.param]
+    model_class, config, attention = FAMILIES[name]
     module, cls = f"transformers.models.{attention}".rsplit(".", 1)
     kernel_fx.replace_kernel_forward_from_hub(getattr(importlib.import_module(module), cls), "Attention")
     root = make_kernel_repo(tmp_path / "attention", {"torch-cpu": {"layers.py": attention_kernel(attention)}})
@@ -138,3 +142,18 @@ def test_training_step_with_the_cache_on(family):
     for p, q in zip(trained.parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
     assert all(d.outcome is Outcome.KERNEL and d.mode.startswith("TRAINING") for d in backend.report.decisions if d.layer_name == "Attention")
+
+
+def test_inductor_with_a_cache(tmp_path):
+    """The default call, compiled by inductor behind hubkernels: the traced-in kernel survives."""
+    model, mapping, calls = tiny_family("llama", tmp_path)
+    ids, mask = ids_and_mask()
+    with torch.no_grad():
+        expected = model(ids, attention_mask=mask).logits
+    backend = HubKernelsBackend(inner="inductor")
+    calls[0] = 0
+    with kernel_fx.use_kernel_mapping(mapping), torch.no_grad():
+        got = torch.compile(copy.deepcopy(model), backend=backend)(ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert calls[0] == 2
+    assert all(d.outcome is Outcome.KERNEL for d in backend.report.decisions if d.layer_name == "Attention")

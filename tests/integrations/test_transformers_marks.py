@@ -54,6 +54,7 @@ FAMILIES = {
     "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON)),
     "qwen3": lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**COMMON, head_dim=16)),
     "mixtral": lambda: transformers.MixtralForCausalLM(transformers.MixtralConfig(**COMMON, num_local_experts=2, num_experts_per_tok=1)),
+    "gemma2": lambda: transformers.Gemma2ForCausalLM(transformers.Gemma2Config(**COMMON, head_dim=16)),  # its own (1 + w) norm: unmarked
 }
 
 
@@ -102,7 +103,7 @@ def test_marked_layers_and_functions_get_kernels_eagerly_and_compiled(family, ma
             backend = HubKernelsBackend(inner=inner)
             with torch.no_grad():
                 torch.testing.assert_close(torch.compile(copy.deepcopy(model), backend=backend)(ids).logits, expected)
-            assert calls["rotary"] >= 1 and calls["norm"] >= 1  # traced into the graph
+            assert calls["rotary"] >= 1 and calls["norm"] >= min(1, per_layer["RMSNorm"])  # traced into the graph
             check_promise(backend.report.decisions, table)
             assert sites(backend.report.decisions) == sites(eager_decisions), inner
 
@@ -145,3 +146,17 @@ def test_eval_reaches_the_per_instance_function_modules(mapping):
     attn = model.model.layers[0].self_attn
     (function,) = vars(attn)["_kernel_funcs"].values()
     assert function.training and vars(function)["forward"].owner is attn
+
+
+def test_inductor_keeps_the_numbers_with_marked_layers_and_functions(mapping):
+    table, calls = mapping
+    torch.manual_seed(0)
+    model = FAMILIES["llama"]().eval()
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(ids).logits
+    backend = HubKernelsBackend(inner="inductor")
+    with kernel_fx.use_kernel_mapping(table), torch.no_grad():
+        got = torch.compile(copy.deepcopy(model), backend=backend)(ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert all(d.uses_kernel for d in backend.report.decisions if d.layer_name in table)

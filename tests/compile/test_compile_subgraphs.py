@@ -1,5 +1,6 @@
-"""The demo model with per-layer activation checkpointing: the marked calls inside the
-`tag_activation_checkpoint` bodies are substituted and reported, with eager's numbers."""
+"""Marked calls inside higher-order-op bodies: per-layer activation checkpointing
+(`tag_activation_checkpoint`) on the demo model, and `torch.cond` branches — substituted and
+reported, with eager's numbers."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import copy
 
 import pytest
 import torch
+from models import Scale, scale_source
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import kernel_fx
-from kernel_fx import HubKernelsBackend
+from kernel_fx import HubKernelsBackend, Outcome
 from kernel_fx.defaults import default_mapping
 from kernel_fx.demo import DemoConfig, build_demo_model
 
@@ -53,3 +55,26 @@ def test_sites_inside_checkpointed_layers_are_substituted(inner):
     assert {d.path for d in decisions} >= {"layers.0.layer.self_attn.attn", "layers.1.layer.mlp.act", "norm"}
     (record,) = backend.records
     assert {diff.path for diff in record.site_diffs} == {d.path for d in decisions}
+
+
+class Branches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = Scale()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.sum() > 0, lambda y: self.scale(y), lambda y: y - 1, (x,))
+
+
+@pytest.mark.parametrize("inner", ["eager", "aot_eager"])
+def test_sites_inside_cond_branches_are_substituted(inner, mapping):
+    model = Branches().eval()
+    backend = HubKernelsBackend(inner=inner)
+    with kernel_fx.use_kernel_mapping(mapping(Scale=scale_source())), torch.no_grad():
+        compiled = torch.compile(model, backend=backend)
+        for x in (torch.ones(3, 8), -torch.ones(3, 8)):  # both branches run
+            torch.testing.assert_close(compiled(x), model(x))
+    (decision,) = backend.report.decisions
+    assert decision.path == "scale" and decision.outcome is Outcome.KERNEL
+    (diff,) = backend.records[0].site_diffs
+    assert diff.path == "scale" and any("aten.mul" in line for line in diff.after)
