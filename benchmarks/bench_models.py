@@ -31,7 +31,7 @@ from kernel_fx.defaults import default_mapping
 
 # -- models ---------------------------------------------------------------------------------------
 
-def demo_model(device: str, dtype: torch.dtype, quick: bool) -> tuple[nn.Module, dict, Callable]:
+def demo_model(device: str, dtype: torch.dtype, quick: bool, use_cache: bool = False) -> tuple[nn.Module, dict, Callable]:
     from kernel_fx.demo.model import DemoConfig, build_demo_model
 
     config = DemoConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=2 if quick else 8,
@@ -45,7 +45,7 @@ def demo_model(device: str, dtype: torch.dtype, quick: bool) -> tuple[nn.Module,
     return model, {"input_ids": ids}, default_mapping
 
 
-def llama_model(device: str, dtype: torch.dtype, quick: bool) -> tuple[nn.Module, dict, Callable]:
+def llama_model(device: str, dtype: torch.dtype, quick: bool, use_cache: bool = False) -> tuple[nn.Module, dict, Callable]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from kernel_fx.integrations.llama import llama_mapping, mark_llama
@@ -58,8 +58,9 @@ def llama_model(device: str, dtype: torch.dtype, quick: bool) -> tuple[nn.Module
     model = LlamaForCausalLM(config).to(device=device, dtype=dtype)
     batch, seq = (2, 512) if quick else (4, 2048)
     ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
-    # use_cache=False: a prefill or training step; a Cache object is no graph value for hubkernels
-    return model, {"input_ids": ids, "use_cache": False}, llama_mapping
+    # use_cache=False (the figures of 2026-11-24): a prefill or training step without a cache.
+    # --use-cache times the default call, model(ids): hubkernels then puts attention in at trace time.
+    return model, {"input_ids": ids, "use_cache": use_cache}, llama_mapping
 
 
 MODELS = {"demo": demo_model, "llama": llama_model}
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default="eager,eager+kernelize,inductor,hubkernels")
     parser.add_argument("--modes", default="forward,train")
     parser.add_argument("--quick", action="store_true", help="a smaller model, for smoke runs")
+    parser.add_argument("--use-cache", action="store_true", help="Llama: call model(ids) with its KV cache (the default call)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None, help="directory for <model>-<device>.json/.md")
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    base, inputs, mapping = MODELS[args.model](device, dtype, args.quick)
+    base, inputs, mapping = MODELS[args.model](device, dtype, args.quick, args.use_cache)
     rows = []
     for mode in args.modes.split(","):
         training = mode == "train"
