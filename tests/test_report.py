@@ -86,6 +86,22 @@ def test_explain_changes_nothing(kernel_repo):
     assert "_kernel_fx_sites" not in vars(model)
 
 
+def test_explain_passes_keyword_arguments_to_the_model_and_kernelize_arguments_to_kernelize(kernel_repo):
+    seen = []
+
+    class Keyworded(Net):
+        def forward(self, x, *, shift=0.0):
+            seen.append(shift)
+            return super().forward(x) + shift
+
+    with use_kernel_mapping(mapping(kernel_repo)):
+        explained = kernel_fx.explain(Keyworded(), torch.randn(2, 4), shift=1.5,
+                                      kernelize_kwargs={"filter_fn": lambda module, path: False})
+    assert seen == [1.5]  # the compiled dry run called model(x, shift=1.5)
+    assert explained.eager.summary() == "2 sites: 0 kernel, 2 original (filtered out: 2)"
+    assert explained.compiled is not None
+
+
 def test_print_report_writes_to_the_stream_given(kernel_repo, capsys):
     import io
 
