@@ -9,7 +9,7 @@ bracketed by two marker ops that dynamo writes into the graph as they are:
 
     enter((token, training, names, class, layer), *values) -> aliases of the tensor values, in order
     ...the forward's own nodes, reading those aliases...
-    exit((token, spec), *outputs)                         -> aliases of the output tensors, in order
+    exit((token, spec, plan), *outputs)                   -> aliases of the output tensors, in order
 
 so the backend knows which graph value is which forward argument (`names`: position or keyword)
 and which is which output, whatever order the body reads them in. Reading `module.training` here
@@ -109,16 +109,67 @@ def _compiling_for_hubkernels() -> bool:
         backend: Any = InstructionTranslator.current_tx().output.compiler_fn
     except Exception:  # noqa: BLE001 - not tracing, or a torch without these internals: do not mark
         return False
-    for _ in range(12):  # unwrap WrapBackendDebug, _TorchCompileWrapper, partials
+    return is_hubkernels(backend)
+
+
+# Attributes under which dynamo's wrappers keep the backend they wrap: WrapBackendDebug,
+# _TorchCompileWrapper, functools.partial, functools.wraps.
+_WRAPPED = ("_torchdynamo_orig_backend", "compiler_fn", "func", "__wrapped__")
+
+
+def is_hubkernels(backend: Any) -> bool:
+    """Whether `backend` (a compiler function as dynamo holds it) is hubkernels, however wrapped.
+
+    Under DistributedDataParallel dynamo compiles with `DDPOptimizer.compile_fn`, a bound method
+    whose instance keeps the user's backend as `backend_compile_fn` (and splits the graph at
+    gradient-bucket boundaries before calling it on each piece).
+
+    >>> import functools
+    >>> class Ddp:  # the shape of torch._dynamo.backends.distributed.DDPOptimizer
+    ...     def __init__(self, backend): self.backend_compile_fn = backend
+    ...     def compile_fn(self, gm, example_inputs): ...
+    >>> def hub(gm, example_inputs): ...
+    >>> hub._kernel_fx_hubkernels = True
+    >>> is_hubkernels(Ddp(functools.partial(hub)).compile_fn), is_hubkernels(Ddp(print).compile_fn)
+    (True, False)
+    """
+    return any(getattr(layer, BACKEND_ATTR, False) for layer in backend_layers(backend))
+
+
+def backend_layers(backend: Any) -> list[Any]:
+    """`backend` and every backend it wraps, outermost first (dynamo's wrappers, partials,
+    DDPOptimizer's `compile_fn` and the backend behind it)."""
+    layers: list[Any] = []
+    for _ in range(12):
         if backend is None:
-            return False
-        if getattr(backend, BACKEND_ATTR, False):
-            return True
-        backend = next(
-            (getattr(backend, a) for a in ("_torchdynamo_orig_backend", "compiler_fn", "func", "__wrapped__") if getattr(backend, a, None) is not None),
-            None,
-        )
-    return False
+            break
+        layers.append(backend)
+        owner = getattr(backend, "__self__", None)  # a bound method: DDPOptimizer.compile_fn
+        if owner is not None and getattr(owner, "backend_compile_fn", None) is not None:
+            backend = owner.backend_compile_fn
+            continue
+        backend = next((getattr(backend, a) for a in _WRAPPED if getattr(backend, a, None) is not None), None)
+    return layers
+
+
+def _ddp_buckets(backend: Any) -> bool:
+    return any(getattr(getattr(b, "__self__", None), "backend_compile_fn", None) is not None for b in backend_layers(backend))
+
+
+def split_into_buckets() -> bool:
+    """Evaluated by dynamo at trace time (`assume_constant_result`): whether the graph being traced
+    goes to hubkernels through DDPOptimizer, which cuts it at gradient-bucket boundaries — where
+    the parameters' bytes cross the bucket size, so possibly inside a call that owns parameters."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        backend: Any = InstructionTranslator.current_tx().output.compiler_fn
+    except Exception:  # noqa: BLE001 - not tracing
+        return False
+    return _ddp_buckets(backend) and is_hubkernels(backend)
+
+
+split_into_buckets._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _routable(value: Any) -> bool:
@@ -147,9 +198,11 @@ def marked_call(forward: Callable[..., Any], wrapper: Callable[..., Any], module
     layer_name = getattr(module, "kernel_layer_name", None)
     plan_id = 0
     chooser = _trace_time["chooser"]
-    if chooser is not None and any(kind == UNSUPPORTED for _key, kind in names):
+    if chooser is not None and (any(kind == UNSUPPORTED for _key, kind in names) or (split_into_buckets() and _owns_parameters(module))):
         # An argument carries Python state (a KV cache): no graph value can stand for it after
-        # tracing, so the backend's choice is made now and its kernel traced in place of the forward.
+        # tracing. Or DDPOptimizer will split the graph at bucket boundaries, which fall where
+        # parameters are read, so possibly inside this call. Either way the backend's choice is made
+        # now and its kernel traced in place of the forward, before the graph is cut.
         plan_id = chooser(class_name(type(module)), layer_name, _device_type(values), _needs_grad(module, values))
     meta = (token, module.training, tuple(names), class_name(type(module)), layer_name, plan_id)
     if plan_id:
@@ -169,7 +222,11 @@ def marked_call(forward: Callable[..., Any], wrapper: Callable[..., Any], module
         else:
             new_kwargs[key] = alias
     out = forward(module, *new_args, **new_kwargs)
-    return _marked_output(token, out)
+    return _marked_output(token, out, plan_id)
+
+
+def _owns_parameters(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
 
 
 def _device_type(values: list[Any]) -> str:
@@ -202,12 +259,12 @@ def set_trace_time_chooser(chooser: Callable[[str, str | None, str, bool], int])
     _trace_time["chooser"] = chooser
 
 
-def _marked_output(token: int, out: Any) -> Any:
+def _marked_output(token: int, out: Any, plan_id: int) -> Any:
     if isinstance(out, torch.Tensor):
-        return exit((token, True), out)[0]
+        return exit((token, True, plan_id), out)[0]
     if isinstance(out, tuple) and all(o is None or isinstance(o, torch.Tensor) for o in out):
         spec = tuple(o is not None for o in out)
-        routed = iter(exit((token, spec), *[o for o in out if o is not None]))
+        routed = iter(exit((token, spec, plan_id), *[o for o in out if o is not None]))
         return tuple(next(routed) if is_tensor else None for is_tensor in spec)
     return out  # no exit marker: the backend sees an unclosed call and leaves it alone
 

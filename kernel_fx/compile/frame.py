@@ -24,11 +24,13 @@ _NOISE = re.compile(r"\._(?:modules|parameters|buffers)\[(['\"])([^'\"\]]+)\1\]"
 
 @dataclass(frozen=True)
 class FrameInfo:
-    """The compiled frame's locals and globals, and the keys of module calls still open."""
+    """The compiled frame's locals and globals, the keys of module calls still open, and whether
+    DDPOptimizer splits the frame's graph at gradient-bucket boundaries (`bucketed`)."""
 
     locals: Mapping[str, Any] = field(default_factory=dict)
     globals: Mapping[str, Any] = field(default_factory=dict)
     open_keys: frozenset[str] = frozenset()
+    bucketed: bool = False
 
     def resolve(self, path: str) -> Any:
         """The object at a dynamo source path such as `L['self'].layers.0.mlp`, or None."""
@@ -66,7 +68,11 @@ def current_frame() -> FrameInfo:
     while current is not None:
         open_keys.update(getattr(current, "nn_module_stack", {}) or {})
         current = getattr(current, "parent", None)
-    return FrameInfo(getattr(tx, "f_locals", {}) or {}, getattr(tx, "f_globals", {}) or {}, frozenset(open_keys))
+    from ..markers import backend_layers
+
+    bucketed = any(getattr(getattr(b, "__self__", None), "backend_compile_fn", None) is not None
+                   for b in backend_layers(getattr(tx.output, "compiler_fn", None)))
+    return FrameInfo(getattr(tx, "f_locals", {}) or {}, getattr(tx, "f_globals", {}) or {}, frozenset(open_keys), bucketed)
 
 
 def current_compile_id() -> str | None:

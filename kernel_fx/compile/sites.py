@@ -126,8 +126,8 @@ def find_sites(gm: fx.GraphModule, example_inputs: Sequence[Any], frame: FrameIn
     """Every call of an extensible module in `gm`, outermost first at equal start, in graph order."""
     nodes = list(gm.graph.nodes)
     graph = _GraphIndex(gm, nodes, example_inputs, frame)
-    marked = _marked_sites(graph)
-    taken = {s.identity.key for s in marked if s.identity.key is not None}
+    marked, elsewhere = _marked_sites(graph)
+    taken = {s.identity.key for s in [*marked, *elsewhere] if s.identity.key is not None}
     sites = marked + _unmarked_sites(graph, taken)
     sites.sort(key=lambda s: (s.start, -s.end))
     return _with_nesting(sites)
@@ -146,6 +146,10 @@ class _GraphIndex:
         for node, value in zip(placeholders, example_inputs):
             if isinstance(value, torch.Tensor):
                 self.tensor_node.setdefault(id(value), node)
+        for node in placeholders:  # graphs split by DDPOptimizer get fake parameters: bind by source
+            real = frame.resolve(_placeholder_source(node) or "")
+            if isinstance(real, torch.Tensor):
+                self.tensor_node.setdefault(id(real), node)
         for node in nodes:
             if node.op == "get_attr":
                 value = _get_attr(gm, str(node.target))
@@ -175,6 +179,17 @@ def _source_name(source: Any) -> str | None:
     if callable(name):  # a method in some torch versions, a property in others
         name = name()
     return name if isinstance(name, str) else None
+
+
+def _placeholder_source(node: fx.Node) -> str | None:
+    """The dynamo source a placeholder stands for (`L['self']._modules['norm']._parameters['weight']`).
+
+    dynamo records it as `meta["grapharg"].source`; graphs that DDPOptimizer split off keep it as
+    `node._dynamo_source` (their example inputs are fake, so the real tensor is found through it).
+    """
+    grapharg = node.meta.get("grapharg")
+    source = getattr(grapharg, "source", None) or getattr(node, "_dynamo_source", None)
+    return _source_name(source) if source is not None else None
 
 
 def _scalar_attrs(placeholders: list[fx.Node], frame: FrameInfo) -> tuple[dict[int, dict[str, fx.Node]], set[fx.Node]]:
@@ -237,8 +252,11 @@ def requires_grad(values: Sequence[Any]) -> bool:
 # -- marked calls ---------------------------------------------------------------------------------
 
 
-def _marked_sites(graph: _GraphIndex) -> list[Site]:
+def _marked_sites(graph: _GraphIndex) -> tuple[list[Site], list[Site]]:
+    """The marked calls in the graph, and the tails of calls decided while traced that began in an
+    earlier graph (reported there; their nodes here are no call of their own)."""
     sites: list[Site] = []
+    elsewhere: list[Site] = []
     open_enters: list[fx.Node] = []
     for node in graph.nodes:
         if node.op != "call_function" or not markers.is_marker(node.target):
@@ -249,15 +267,41 @@ def _marked_sites(graph: _GraphIndex) -> list[Site]:
         token = node.args[0][0]
         depth = next((i for i in range(len(open_enters) - 1, -1, -1) if open_enters[i].args[0][0] == token), None)
         if depth is None:
-            sites.append(_partial(graph, node, "its enter marker is in an earlier graph (graph break inside the forward)"))
+            tail = _partial(graph, node, f"its enter marker is in an earlier graph ({_cut_by(graph)} inside the forward)")
+            # a call decided while traced is reported where it starts
+            (elsewhere if _plan_of(node) else sites).append(tail)
             continue
         while len(open_enters) > depth + 1:
-            sites.append(_partial(graph, open_enters.pop(), "it has no exit marker (graph break inside the forward)"))
+            sites.append(_open(graph, open_enters.pop(), f"it has no exit marker ({_cut_by(graph)} inside the forward)"))
         sites.append(_marked(graph, open_enters.pop(), node))
     for enter in open_enters:
-        why = "it has no exit marker (graph break inside the forward, or its output is unused or not a tensor or tuple of tensors)"
-        sites.append(_partial(graph, enter, why))
-    return sites
+        why = f"it has no exit marker ({_cut_by(graph)} inside the forward, or its output is unused or not a tensor or tuple of tensors)"
+        sites.append(_open(graph, enter, why))
+    return sites, elsewhere
+
+
+def _plan_of(marker: fx.Node) -> int:
+    """The trace-time plan id an enter or exit marker carries (0: the pass decides the call)."""
+    meta = marker.args[0]
+    return meta[5] if marker.target is markers.enter else (meta[2] if len(meta) > 2 else 0)
+
+
+def _cut_by(graph: _GraphIndex) -> str:
+    if graph.frame.bucketed:
+        return "a gradient-bucket boundary of DDPOptimizer, or a graph break,"
+    return "graph break"
+
+
+def _open(graph: _GraphIndex, enter: fx.Node, why: str) -> Site:
+    """A call whose exit is not in this graph. One decided while dynamo traced already runs its
+    kernel, whatever cut the graph after it: it is that site, not a partial one."""
+    plan = _plan_of(enter)
+    if not plan:
+        return _partial(graph, enter, why)
+    i = graph.position[enter]
+    context = CallContext(training=bool(enter.args[0][1]), needs_grad=bool(enter.args[0][1]) or requires_grad(enter.args[1:]),
+                          autocast=enter in graph.in_autocast, device=_first_device(enter.args[1:]))
+    return Site(identity=_identity(graph, enter), start=i, end=i, nodes=(enter,), marked=True, context=context, trace_plan=plan)
 
 
 def _identity(graph: _GraphIndex, marker: fx.Node) -> SiteIdentity:
@@ -374,6 +418,10 @@ def _unmarked_sites(graph: _GraphIndex, taken: set[tuple[str, str]]) -> list[Sit
         for key, (path, cls) in _stack(node).items():
             if (key, path) in taken or layer_name_of(cls) is None:  # type: ignore[arg-type]
                 continue
+            if graph.frame.bucketed and markers.MARKED_CLASSES.get(markers.class_name(cls)) is cls:
+                # a marked call without its markers here: a piece DDPOptimizer cut out of a call
+                # that is reported where its markers are
+                break
             groups.setdefault((key, path), []).append(node)
             classes[(key, path)] = cls
             break  # the outermost extensible call owns the node

@@ -81,16 +81,12 @@ def backend_options() -> Options:
         return Options()
     backend: Any = getattr(output, "compiler_fn", None)
     extra: dict[str, Any] = {}
-    for _ in range(12):  # unwrap WrapBackendDebug, _TorchCompileWrapper, partials
-        if backend is None:
-            break
-        if isinstance(getattr(backend, "options", None), Options):
-            return backend.options.updated(extra)
-        kwargs = getattr(backend, "kwargs", None)
+    for layer in markers.backend_layers(backend):  # WrapBackendDebug, _TorchCompileWrapper, partials, DDPOptimizer
+        if isinstance(getattr(layer, "options", None), Options):
+            return layer.options.updated(extra)
+        kwargs = getattr(layer, "kwargs", None)
         if isinstance(kwargs, dict) and isinstance(kwargs.get("options"), dict):
             extra = {k: v for k, v in kwargs["options"].items() if k in ("mode", "device", "use_fallback", "inner", "autotune")}
-        backend = next((getattr(backend, a) for a in ("_torchdynamo_orig_backend", "compiler_fn", "func", "__wrapped__")
-                        if getattr(backend, a, None) is not None), None)
     return Options().updated(extra)
 
 
