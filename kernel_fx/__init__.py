@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
-from .decisions import Decision, Outcome, Reason, Rejected
+from .decisions import Decision, KernelizeFallback, Outcome, Reason, Rejected
 from .defaults import default_mapping
 from .devices import CUDAProperties, Device, ROCMProperties
-from .errors import KernelFxError, KernelizeError, KernelLoadError, KernelValidationError, MappingError
+from .errors import (
+    KernelFallbackWarning,
+    KernelFxError,
+    KernelizeError,
+    KernelLoadError,
+    KernelValidationError,
+    LayerNotFoundError,
+    MappingError,
+    SettingError,
+)
 from .explain import Explanation, explain
-from .hub.api import get_kernel, get_kernel_variants, get_local_kernel, has_kernel, load_kernel
+from .hub.api import get_kernel, get_kernel_variants, get_local_kernel, get_locked_kernel, has_kernel, load_kernel
+from .inspect_layers import KernelizedFunc, KernelizedLayer, KernelizedLayers, get_kernelized_layers
 from .kernelize import kernelize, report, unkernelize
 from .layers import (
     replace_kernel_forward_from_hub,
     use_kernel_forward_from_hub,
+    use_kernel_func_from_hub,
     use_kernelized_func,
 )
 from .mapping import register_kernel_mapping, use_kernel_mapping
 from .modes import Mode
 from .report import Report
-from .repos import LayerRepository, LocalLayerRepository, LockedLayerRepository
+from .repos import (
+    FuncRepository,
+    LayerRepository,
+    LocalFuncRepository,
+    LocalLayerRepository,
+    LockedFuncRepository,
+    LockedLayerRepository,
+)
 
 __version__ = "0.1.0"
 
@@ -38,13 +56,22 @@ __all__ = [
     "Decision",
     "Device",
     "Explanation",
+    "FuncRepository",
     "HubKernelsBackend",
+    "KernelFallbackWarning",
     "KernelFxError",
     "KernelLoadError",
     "KernelValidationError",
     "KernelizeError",
+    "KernelizeFallback",
+    "KernelizedFunc",
+    "KernelizedLayer",
+    "KernelizedLayers",
+    "LayerNotFoundError",
     "LayerRepository",
+    "LocalFuncRepository",
     "LocalLayerRepository",
+    "LockedFuncRepository",
     "LockedLayerRepository",
     "MappingError",
     "Mode",
@@ -53,11 +80,14 @@ __all__ = [
     "Reason",
     "Rejected",
     "Report",
+    "SettingError",
     "default_mapping",
     "explain",
     "get_kernel",
     "get_kernel_variants",
+    "get_kernelized_layers",
     "get_local_kernel",
+    "get_locked_kernel",
     "has_kernel",
     "hubkernels",
     "kernelize",
@@ -68,6 +98,7 @@ __all__ = [
     "report",
     "unkernelize",
     "use_kernel_forward_from_hub",
+    "use_kernel_func_from_hub",
     "use_kernel_mapping",
     "use_kernelized_func",
 ]

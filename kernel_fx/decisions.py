@@ -1,17 +1,23 @@
 """The decision vocabulary: what runs at a site (`Outcome`), why not a kernel (`Reason`,
 `Rejected`), one `Decision` per site and condition, and the one rule on when a fallback is an error.
 
+Under `use_fallback=False` every fallback is an error except the reasons in `NEVER_AN_ERROR`
+(nothing to do, or the user's own choice); a `KernelizeFallback` flag allows the cases it names,
+as in the Hugging Face `kernels` package:
+
 >>> r = Rejected(Reason.NO_MAPPING, "no kernel mapped for layer 'SiluAndMul'")
->>> str(r), allowed_fallback(r)
-("no mapping: no kernel mapped for layer 'SiluAndMul'", True)
->>> allowed_fallback(Rejected(Reason.LOAD_FAILED, "404"))
+>>> str(r), allowed_fallback(r), allowed_fallback(r, KernelizeFallback.DEFAULT)
+("no mapping: no kernel mapped for layer 'SiluAndMul'", False, True)
+>>> allowed_fallback(Rejected(Reason.LOAD_FAILED, "404"), KernelizeFallback.DEFAULT)
 False
+>>> allowed_fallback(FILTERED)
+True
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import Enum, Flag, auto
 from typing import Any
 
 from .errors import KernelizeError
@@ -39,6 +45,7 @@ class Reason(str, Enum):
     VALIDATION_FAILED = "validation failed"
     FILTERED = "filtered out"
     DISABLED = "disabled"
+    DTENSOR = "DTensor inputs"  # the kernel cannot run on these DTensor placements (kernel_fx.dtensor)
     # compile-only
     AMBIGUOUS_BINDING = "ambiguous binding"
     PARTIAL_REGION = "partial region"
@@ -87,22 +94,60 @@ class Decision:
         return data
 
 
-# Reasons that are never an error, even with use_fallback=False: nothing was asked of the site
-# (no mapping, filtered out, disabled), the user asked for the original (autotune judged it
-# slower), or a kernel runs anyway (the enclosing call's).
-NEVER_AN_ERROR = frozenset({Reason.NO_MAPPING, Reason.FILTERED, Reason.DISABLED, Reason.SLOWER_THAN_ORIGINAL, Reason.ENCLOSED})
+class KernelizeFallback(Flag):
+    """Which fallbacks `kernelize(..., use_fallback=...)` allows; the flags of the `kernels` package.
 
-DISABLED = Rejected(Reason.DISABLED, "KERNEL_FX_DISABLE is set")
+    `NONE` is `use_fallback=False`; `DEFAULT` allows a missing mapping, device entry, capability
+    range or mode but raises when a kernel cannot be loaded; `ALL` adds `CANNOT_LOAD` (a load or
+    validation failure). kernel_fx's `use_fallback=True` allows every fallback (`ALL`).
+    """
+
+    NONE = 0
+    NO_LAYER = auto()
+    NO_DEVICE = auto()
+    NO_COMPATIBLE_PROPERTIES = auto()
+    NO_COMPATIBLE_MODE = auto()
+    CANNOT_LOAD = auto()
+
+    DEFAULT = NO_LAYER | NO_DEVICE | NO_COMPATIBLE_PROPERTIES | NO_COMPATIBLE_MODE
+    ALL = DEFAULT | CANNOT_LOAD
+
+
+# Which `KernelizeFallback` case each reason is. Compile-only reasons (ambiguous binding, ...) are
+# none of them: no flag allows them, only `use_fallback=True`.
+FALLBACK_CASE = {
+    Reason.NO_MAPPING: KernelizeFallback.NO_LAYER,
+    Reason.NO_DEVICE_ENTRY: KernelizeFallback.NO_DEVICE,
+    Reason.CAPABILITY_OUT_OF_RANGE: KernelizeFallback.NO_COMPATIBLE_PROPERTIES,
+    Reason.CAPABILITY_UNAVAILABLE: KernelizeFallback.NO_COMPATIBLE_PROPERTIES,
+    Reason.NO_MODE_ENTRY: KernelizeFallback.NO_COMPATIBLE_MODE,
+    Reason.TRAINING_FALLBACK: KernelizeFallback.NO_COMPATIBLE_MODE,
+    Reason.NOT_COMPILABLE: KernelizeFallback.NO_COMPATIBLE_MODE,
+    Reason.LOAD_FAILED: KernelizeFallback.CANNOT_LOAD,
+    Reason.VALIDATION_FAILED: KernelizeFallback.CANNOT_LOAD,
+}
+
+# Reasons that are never an error, even with use_fallback=False: the user filtered the site out
+# (filter_fn, a layer's kernel_condition) or disabled kernel_fx, asked for the original (autotune
+# judged the kernel slower), or a kernel runs anyway (the enclosing call's). A marked layer with no
+# mapping is an error, as in `kernels` ("No layer mapping for `X`").
+NEVER_AN_ERROR = frozenset({Reason.FILTERED, Reason.DISABLED, Reason.SLOWER_THAN_ORIGINAL, Reason.ENCLOSED})
+
+DISABLED = Rejected(Reason.DISABLED, "KERNEL_FX_DISABLE or DISABLE_KERNEL_MAPPING is set")
 FILTERED = Rejected(Reason.FILTERED, "filter_fn returned False")
+CONDITION_FALSE = Rejected(Reason.FILTERED, "the layer's kernel_condition returned False for this module")
 
 
-def allowed_fallback(rejected: Rejected | None) -> bool:
-    """Whether keeping the original forward for `rejected` is fine under `use_fallback=False`."""
-    return rejected is None or rejected.reason in NEVER_AN_ERROR
+def allowed_fallback(rejected: Rejected | None, allowed: KernelizeFallback = KernelizeFallback.NONE) -> bool:
+    """Whether keeping the original forward for `rejected` is fine when only `allowed` fallbacks are."""
+    if rejected is None or rejected.reason in NEVER_AN_ERROR:
+        return True
+    case = FALLBACK_CASE.get(rejected.reason)
+    return case is not None and case in allowed
 
 
-def raise_unless_allowed(rejected: Rejected | None, where: str, hint: str) -> None:
-    """The one `use_fallback=False` rule of every path: raise `KernelizeError` naming the site
-    (`where`), the reason, and how to keep the original (`hint`), unless the fallback is allowed."""
-    if not allowed_fallback(rejected):
+def raise_unless_allowed(rejected: Rejected | None, where: str, hint: str, allowed: KernelizeFallback = KernelizeFallback.NONE) -> None:
+    """The one `use_fallback` rule of every path: raise `KernelizeError` naming the site (`where`),
+    the reason, and how to keep the original (`hint`), unless `allowed` covers the fallback."""
+    if not allowed_fallback(rejected, allowed):
         raise KernelizeError(f"Cannot kernelize {where}: {rejected}. {hint}")

@@ -4,6 +4,8 @@
 Device(type='cuda', properties=CUDAProperties(min_capability=80, max_capability=89))
 >>> Device.parse("cuda:1")
 Device(type='cuda', properties=None)
+>>> Device.parse("tpu").type, Device.parse("neuron").type
+('tpu', 'neuron')
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from .errors import MappingError
 if TYPE_CHECKING:
     import torch
 
-DEVICE_TYPES = ("cpu", "cuda", "rocm", "mps", "xpu", "npu")
+# The device types of the `kernels` package (0.19): TPU and AWS Neuron joined in 0.18.
+DEVICE_TYPES = ("cpu", "cuda", "rocm", "mps", "xpu", "npu", "neuron", "tpu")
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,15 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .decisions import DISABLED, FILTERED, Decision, raise_unless_allowed
+from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Rejected, raise_unless_allowed
 from .devices import Device, device_index
-from .errors import KernelFxError
+from .errors import KernelFxError, MappingError
 from .forwards import CONDITIONS, Condition, installed_forward, make_forward
 from .layers import extensible_modules, hub_function_hosts, layer_name_of, mark_hub_classes
 from .modes import Mode, check_kernelize_mode
-from .planner import KernelPlan, Planner, SitePlan, is_disabled
+from .planner import KernelPlan, Planner, SitePlan
 from .report import Report
+from .switches import disabled_by
 
 SITES_ATTR = "_kernel_fx_sites"
 FilterFn = Callable[[nn.Module, str], bool]
@@ -40,7 +41,7 @@ def kernelize(
     mode: Mode | None = None,
     device: str | torch.device | None = None,
     needs_torch_compile: bool = False,
-    use_fallback: bool = True,
+    use_fallback: bool | KernelizeFallback = True,
     filter_fn: FilterFn | None = None,
 ) -> nn.Module:
     """Replace, in place, the forward of every extensible module that has a kernel; return `model`.
@@ -49,7 +50,15 @@ def kernelize(
     training and autograd is not recording, so `model.train()` / `model.eval()` and
     `torch.no_grad()` take effect without kernelizing again. A `Mode` fixes the choice once,
     like the Hugging Face `kernels` package. Each site's decision is kept: `kernel_fx.report(model)`.
+
+    `use_fallback=True` keeps the original forward wherever no kernel fits, with the reason in the
+    report; `False` raises `KernelizeError` (a `ValueError`) instead, also for a marked layer with no
+    mapping, as `kernels` does; a `KernelizeFallback` allows only the cases it names (e.g.
+    `KernelizeFallback.DEFAULT`: missing mappings, but not kernels that fail to load). A layer's
+    `kernel_condition` and `filter_fn` skip sites; `KERNEL_FX_DISABLE` or `DISABLE_KERNEL_MAPPING`
+    restores every original forward.
     """
+    allowed = _allowed_fallbacks(use_fallback)
     if mode is not None:
         check_kernelize_mode(mode)
         if needs_torch_compile:
@@ -59,7 +68,7 @@ def kernelize(
     target = Device.parse(device)
     planner = Planner(target, device_index(device), conditions=(Condition.static(mode),) if mode is not None else CONDITIONS,
                       compile_only=mode is None and needs_torch_compile)
-    disabled = is_disabled()
+    disabled = disabled_by()
     mark_hub_classes()  # so a later torch.compile(backend="hubkernels") binds their calls exactly
     hosts = hub_function_hosts(model)
     plans = []
@@ -67,13 +76,13 @@ def kernelize(
         layer_name = layer_name_of(module)
         assert layer_name is not None  # extensible_modules yields marked modules only
         if disabled:
-            site = planner.skipped(module, layer_name, DISABLED)
+            site = planner.skipped(module, layer_name, Rejected(DISABLED.reason, f"{disabled} is set"))
         elif filter_fn is not None and not filter_fn(module, path):
             site = planner.skipped(module, layer_name, FILTERED)
         else:
             site = planner.site(module, layer_name)
-        if not use_fallback:
-            _raise_on_fallback(path, layer_name, target, mode, site.plans, needs_torch_compile)
+        if allowed is not None:
+            _raise_on_fallback(path, layer_name, target, mode, site.plans, needs_torch_compile, allowed)
         plans.append((path, module, site))
     sites = [_install(path, module, site, planner.backend, hosts.get(id(module))) for path, module, site in plans]
     setattr(model, SITES_ATTR, sites)
@@ -99,13 +108,22 @@ def report(model: nn.Module) -> Report:
     return Report([replace(d, path=path) for path, decisions in sites for d in decisions])
 
 
+def _allowed_fallbacks(use_fallback: object) -> KernelizeFallback | None:
+    """None when every fallback is fine (`True`), else the fallbacks that are (`False`: none)."""
+    if isinstance(use_fallback, bool):
+        return None if use_fallback else KernelizeFallback.NONE
+    if isinstance(use_fallback, KernelizeFallback):
+        return None if use_fallback == KernelizeFallback.ALL else use_fallback
+    raise MappingError(f"use_fallback={use_fallback!r} must be True, False or a kernel_fx.KernelizeFallback flag such as KernelizeFallback.DEFAULT.")
+
+
 def _raise_on_fallback(path: str, layer_name: str, device: Device, mode: Mode | None,
-                       plans: dict[Condition, KernelPlan], needs_compile: bool) -> None:
+                       plans: dict[Condition, KernelPlan], needs_compile: bool, allowed: KernelizeFallback) -> None:
     for condition, plan in plans.items():
         if mode is None and condition.compiling != needs_compile:
             continue  # conditions the caller did not ask for do not count as fallbacks
         raise_unless_allowed(plan.rejected, f"{path or '<root>'} (layer {layer_name!r}) on device {device} in mode {condition.mode!s}",
-                             "Pass use_fallback=True to keep the original forward.")
+                             "Pass use_fallback=True to keep the original forward.", allowed)
 
 
 # -- installing -------------------------------------------------------------------------------
@@ -138,7 +156,7 @@ def _first_tensor(model: nn.Module) -> torch.Tensor | None:
 def model_device(model: nn.Module) -> torch.device | str:
     tensor = _first_tensor(model)
     if tensor is None:
-        raise KernelFxError(
+        raise MappingError(
             f"kernelize cannot infer the device of {type(model).__name__}: it has no parameters or buffers; "
             "pass device='cpu', 'cuda:0' or a torch.device."
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -30,35 +31,57 @@ T = TypeVar("T")
 LAYER_NAME_ATTR = "kernel_layer_name"
 # Set on the forward wrappers below, so a class is wrapped once and a subclass is not wrapped again.
 MARKED_ATTR = "__kernel_fx_marked__"
+# The per-instance predicate of a marked class, under the name `kernels` uses (a staticmethod).
+CONDITION_ATTR = "kernel_condition"
+Condition = Callable[[nn.Module], bool]
 
 _is_dynamo_compiling = torch.compiler.is_dynamo_compiling  # False in eager; dynamo traces it as True
 
 
-def use_kernel_forward_from_hub(layer_name: str) -> Callable[[T], T]:
+def use_kernel_forward_from_hub(layer_name: str, condition: Condition | None = None) -> Callable[[T], T]:
     """Mark a layer class (or a function, see `use_kernelized_func`) as extensible under `layer_name`.
 
     The class behaves exactly as before; subclasses inherit the name. `kernelize` later looks
     kernels up by this name. Its forward is wrapped (see `mark_forward`) so that the hubkernels
-    torch.compile backend sees each call's exact arguments.
+    torch.compile backend sees each call's exact arguments. `condition(module)`, when given, is
+    asked for every instance on every path; an instance for which it returns False keeps its
+    original forward (reason "filtered out"). It is kept as the class's `kernel_condition`.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> @use_kernel_forward_from_hub("Norm", condition=lambda module: module.eps > 0)
+    ... class Norm(nn.Module):
+    ...     def __init__(self, eps):
+    ...         super().__init__()
+    ...         self.eps = eps
+    ...     def forward(self, x):
+    ...         return x
+    >>> condition_allows(Norm(1e-6)), condition_allows(Norm(0.0))
+    (True, False)
     """
     _check_layer_name(layer_name)
+    if condition is not None and not callable(condition):
+        raise MappingError(f"use_kernel_forward_from_hub({layer_name!r}) condition={condition!r} must be a function of the module returning a bool.")
 
     def decorator(target: T) -> T:
         if isinstance(target, type):
             if not issubclass(target, nn.Module):
                 raise MappingError(f"use_kernel_forward_from_hub({layer_name!r}) needs an nn.Module subclass, got {target!r}.")
             setattr(target, LAYER_NAME_ATTR, layer_name)
+            # Always set, as `kernels` does: a subclass marked again drops its parent's condition.
+            setattr(target, CONDITION_ATTR, staticmethod(condition if condition is not None else no_condition))
             mark_forward(target)
             return target
         if callable(target):
-            return KernelizableFunction(target, layer_name)  # type: ignore[return-value]
+            return KernelizableFunction(target, layer_name, condition)  # type: ignore[return-value]
         raise MappingError(f"use_kernel_forward_from_hub({layer_name!r}) decorates a class or a function, got {target!r}.")
 
     return decorator
 
 
-def replace_kernel_forward_from_hub(cls: type[nn.Module], layer_name: str) -> None:
-    """Mark a layer class you do not own as extensible under `layer_name`.
+def replace_kernel_forward_from_hub(cls: type[nn.Module], layer_name: str, condition: Condition | None = None) -> None:
+    """Mark a layer class you do not own as extensible under `layer_name` (see `use_kernel_forward_from_hub`
+    for `condition`).
 
     >>> from torch import nn
     >>> class Norm(nn.Module):
@@ -68,7 +91,30 @@ def replace_kernel_forward_from_hub(cls: type[nn.Module], layer_name: str) -> No
     >>> layer_name_of(Norm())
     'RMSNorm'
     """
-    use_kernel_forward_from_hub(layer_name)(cls)
+    use_kernel_forward_from_hub(layer_name, condition)(cls)
+
+
+def no_condition(module: nn.Module) -> bool:
+    """The `kernel_condition` of a class marked without one: every instance may get a kernel."""
+    return True
+
+
+def condition_of(target: nn.Module | type) -> Condition | None:
+    """The `kernel_condition` of a module (its class's, or its own for a function module), or None
+    when there is none or it is the always-true default of kernel_fx or of the `kernels` package."""
+    fn = getattr(target, CONDITION_ATTR, None)
+    if fn is None or fn is no_condition or not callable(fn):
+        return None
+    if getattr(fn, "__qualname__", "") == "replace_kernel_forward_from_hub.<locals>.<lambda>" and \
+            str(getattr(fn, "__module__", "")).startswith("kernels"):
+        return None  # `kernels`' default `lambda module: True`
+    return fn
+
+
+def condition_allows(module: nn.Module) -> bool:
+    """Whether `module`'s `kernel_condition` (if any) lets it get a kernel; asked afresh on every call."""
+    fn = condition_of(module)
+    return fn is None or bool(fn(module))
 
 
 def mark_forward(cls: type[nn.Module]) -> bool:
@@ -118,10 +164,11 @@ class KernelizableFunction:
     bare calls (the Hugging Face anchor shares one module between all of them).
     """
 
-    def __init__(self, fn: Callable[..., Any], layer_name: str) -> None:
+    def __init__(self, fn: Callable[..., Any], layer_name: str, condition: Condition | None = None) -> None:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.kernel_layer_name = layer_name
+        self.kernel_condition = condition
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -137,6 +184,8 @@ class FunctionLayer(nn.Module):
         super().__init__()
         self.function = function
         self.kernel_layer_name = function.kernel_layer_name
+        if getattr(function, CONDITION_ATTR, None) is not None:
+            self.kernel_condition = function.kernel_condition  # asked with this module, as for a class
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.function.fn(*args, **kwargs)
@@ -194,6 +243,38 @@ def use_kernelized_func(*functions: KernelizableFunction) -> Callable[[type[nn.M
 
         cls.__init__ = __init__  # type: ignore[method-assign]
         return cls
+
+    return decorator
+
+
+def use_kernel_func_from_hub(func_name: str) -> Callable[[Callable[..., Any]], FunctionLayer]:
+    """Deprecated (as in `kernels`): turn a function into an extensible module instance under `func_name`.
+
+    The result is one module shared by every model that assigns it (`self.fn = my_func` registers it
+    as a submodule), so kernelizing one model changes it for all of them; prefer
+    `use_kernel_forward_from_hub` with `use_kernelized_func`, which gives each host its own copy.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", DeprecationWarning)
+    ...     @use_kernel_func_from_hub("twice")
+    ...     def twice(x):
+    ...         return 2 * x
+    >>> twice(21), layer_name_of(twice)
+    (42, 'twice')
+    """
+    warnings.warn(
+        "use_kernel_func_from_hub is deprecated (as in `kernels`); use @use_kernel_forward_from_hub on the function "
+        "and @use_kernelized_func on the module that calls it.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    _check_layer_name(func_name)
+
+    def decorator(fn: Callable[..., Any]) -> FunctionLayer:
+        if isinstance(fn, type) or not callable(fn):
+            raise MappingError(f"use_kernel_func_from_hub({func_name!r}) decorates a function, got {fn!r}.")
+        return FunctionLayer(KernelizableFunction(fn, func_name))
 
     return decorator
 

@@ -24,19 +24,23 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from .decisions import Decision, Outcome, Reason, Rejected
+from .decisions import CONDITION_FALSE, Decision, Outcome, Reason, Rejected
 from .devices import Device, read_capability
+from .errors import KernelFallbackWarning
 from .forwards import CONDITIONS, Condition, ForwardPlan, original_forward, plan_forward
-from .layers import original_signature
+from .hub.errors import LockfileError
+from .layers import condition_allows, condition_of, original_signature
 from .mapping import Choice, resolve
+from .modes import Mode
 from .repos import AnyRepository, load_layer
+from .switches import disabled_by
 from .validation import kernel_problem
 
 logger = logging.getLogger(__name__)
@@ -95,7 +99,10 @@ class Planner:
         return self._capability
 
     def site(self, module: nn.Module, layer_name: str) -> SitePlan:
-        """Plans, decisions and forward of a site; sites of one class share them."""
+        """Plans, decisions and forward of a site; sites of one class share them (a layer's
+        `kernel_condition` is asked first, per instance)."""
+        if not condition_allows(module):
+            return self.skipped(module, layer_name, CONDITION_FALSE)
         original = original_forward(module)
         key = (layer_name, type(module), original)
         if key not in self._sites:
@@ -115,10 +122,18 @@ class Planner:
 
     def plan(self, module: nn.Module, layer_name: str, condition: Condition) -> KernelPlan:
         """What runs at a site of `module` under one `condition` (the graph paths' question)."""
+        if not condition_allows(module):
+            return KernelPlan(None, None, CONDITION_FALSE)
         return self._plan(module, layer_name, original_forward(module), condition)
 
     def plan_class(self, cls: type[nn.Module], layer_name: str, condition: Condition) -> KernelPlan:
-        """The same for any instance of `cls` that has no forward of its own (trace-time choices)."""
+        """The same for any instance of `cls` that has no forward of its own (trace-time choices).
+
+        A class with a `kernel_condition` keeps its original here: the condition is asked of an
+        instance, and a choice made while dynamo traces has none."""
+        if condition_of(cls) is not None:
+            return KernelPlan(None, None, Rejected(
+                Reason.FILTERED, f"{cls.__name__} has a kernel_condition, which needs the module; this call was decided while dynamo traced"))
         key = (layer_name, cls.forward, condition)
         if key not in self._plans:
             self._plans[key] = self._fresh_plan(cls.__name__, layer_name, cls.forward, lambda: inspect.signature(cls.forward), condition)
@@ -150,16 +165,30 @@ class Planner:
             where = f"kernel layer {layer_name} from {repository_label(repo)}"
             return KernelPlan(None, repo, Rejected(Reason.VALIDATION_FAILED, f"{where} does not fit {owner}: {problem}"))
         if condition.grad and not getattr(kernel, "has_backward", True):
-            return KernelPlan(None, repo, Rejected(Reason.TRAINING_FALLBACK, "kernel has no backward (has_backward = False)"))
+            return KernelPlan(None, repo, self._mode_refused(choice, layer_name, Mode.TRAINING, "kernel has no backward (has_backward = False)"))
         if condition.compiling and not self.opaque_ok and not getattr(kernel, "can_torch_compile", False):
-            return KernelPlan(None, repo, Rejected(Reason.NOT_COMPILABLE, "kernel has can_torch_compile = False"))
+            return KernelPlan(None, repo, self._mode_refused(choice, layer_name, Mode.TORCH_COMPILE, "kernel has can_torch_compile = False"))
         return KernelPlan(kernel, repo, None)
+
+    @staticmethod
+    def _mode_refused(choice: Choice, layer_name: str, needed: Mode, why: str) -> Rejected:
+        """The kernel cannot serve the condition. When the mapping entry was written for exactly that
+        (a TRAINING entry without backward, a TORCH_COMPILE entry that cannot be compiled), the user's
+        explicit intent is not honoured: warn, and say so in the report."""
+        reason = Reason.TRAINING_FALLBACK if needed is Mode.TRAINING else Reason.NOT_COMPILABLE
+        if needed not in choice.entry_mode:
+            return Rejected(reason, why)
+        detail = f"{why}, but the mapping's {choice.entry_mode} entry for {layer_name!r} names it ({repository_label(choice.repository)})"
+        warnings.warn(f"kernel_fx: {detail}; the original forward runs instead.", KernelFallbackWarning, stacklevel=2)
+        return Rejected(reason, detail)
 
     def _load(self, choice: Choice) -> type[nn.Module] | Exception:
         repo = choice.repository
         if repo not in self._loaded:
             try:
                 self._loaded[repo] = load_layer(repo, self.backend)
+            except LockfileError:
+                raise  # a lock that was asked for and cannot be used is a configuration error, never a fallback
             except Exception as exc:  # every load failure becomes a recorded fallback reason
                 logger.warning("kernel_fx: could not load %s: %s", repository_label(repo), exc)
                 self._loaded[repo] = exc
@@ -218,5 +247,6 @@ def repository_label(repo: AnyRepository) -> str:
 
 
 def is_disabled() -> bool:
-    """`KERNEL_FX_DISABLE` is set to a true value: every path keeps every original forward."""
-    return os.environ.get("KERNEL_FX_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
+    """`KERNEL_FX_DISABLE` or `DISABLE_KERNEL_MAPPING` is on (see `switches`): every path keeps every
+    original forward. A value that is no switch value raises `SettingError`."""
+    return disabled_by() is not None

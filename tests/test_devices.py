@@ -14,8 +14,14 @@ def test_parse_accepts_strings_with_index_and_torch_devices():
 
 
 def test_unknown_device_type_names_the_allowed_ones():
-    with pytest.raises(MappingError, match="Unsupported device type 'tpu'. Supported device types are: cpu, cuda"):
-        Device("tpu")
+    with pytest.raises(MappingError, match="Unsupported device type 'ipu'. Supported device types are: cpu, cuda") as raised:
+        Device("ipu")
+    assert isinstance(raised.value, ValueError)  # as in `kernels`
+
+
+def test_every_device_type_of_kernels_is_a_mapping_key():
+    for type_ in ("cpu", "cuda", "rocm", "mps", "xpu", "npu", "neuron", "tpu"):  # kernels 0.19's list
+        assert Device.parse(type_) == Device(type_)
 
 
 def test_properties_must_fit_the_device_type():

@@ -138,7 +138,7 @@ def test_no_mapping_and_no_device_entry_are_reasons():
     [
         ([], "must be a dict"),
         ({"L": "x"}, "must be a dict {device: repository}"),
-        ({"L": {"tpu": repo("a")}}, "Unsupported device type 'tpu'"),
+        ({"L": {"ipu": repo("a")}}, "Unsupported device type 'ipu'"),
         ({"L": {"cpu": {"inference": repo("a")}}}, "Mapping mode 'inference' is not allowed"),
         ({"L": {"cpu": "org/repo"}}, "is not a repository"),
         ({"": {"cpu": repo("a")}}, "must be a layer name"),

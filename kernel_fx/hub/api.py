@@ -23,9 +23,11 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..errors import MappingError
 from . import archs, env
@@ -38,7 +40,10 @@ from .revisions import Resolved
 from .trust import TrustSetting, check_trust_setting, check_trusted
 from .variants import SystemInfo, VariantCheck, check_variants, choose_variant, system_info
 
-__all__ = ["KernelVariants", "get_kernel", "get_kernel_variants", "get_local_kernel", "has_kernel", "load_kernel"]
+if TYPE_CHECKING:
+    from .locks import LockEntry
+
+__all__ = ["KernelVariants", "get_kernel", "get_kernel_variants", "get_local_kernel", "get_locked_kernel", "has_kernel", "load_kernel"]
 
 
 @dataclass(frozen=True)
@@ -145,12 +150,12 @@ def load_kernel(
 ) -> ModuleType:
     """Import `repo_id` as pinned in `lockfile`, from the cache only, after checking its files.
 
-    Never downloads (`kernel-fx download LOCKFILE` fetches what a lock names). Without `lockfile`,
-    the nearest `kernel-fx.lock` or `kernels.lock` in the working directory or its parents is
-    used. A `kernel-fx.lock` pins every file's sha256; a `kernels.lock` (the `kernels` package's)
-    pins the commit, and the files are checked against the digest in the variant's metadata.
-    Lock-pinned kernels need no trust opt-in. A lock file that cannot be read or has no entry for
-    `repo_id` raises `LockfileError`, a `ValueError` as in `kernels`.
+    Never downloads (`kernel-fx download LOCKFILE` fetches what a lock names; `get_locked_kernel`
+    downloads too). Without `lockfile`, the nearest `kernel-fx.lock` or `kernels.lock` in the
+    working directory or its parents is used. A `kernel-fx.lock` pins every file's sha256; a
+    `kernels.lock` (the `kernels` package's) pins the commit, and the files are checked against the
+    digest in the variant's metadata. Lock-pinned kernels need no trust opt-in. A lock file that
+    cannot be read or has no entry for `repo_id` raises `LockfileError`, a `ValueError` as in `kernels`.
 
     >>> load_kernel("org/act", lockfile="/nonexistent/kernel-fx.lock")
     Traceback (most recent call last):
@@ -160,15 +165,49 @@ def load_kernel(
     override = env.local_kernels(locked=True).get(repo_id)
     if override is not None:
         return load_local(override, backend=backend, repo_id=repo_id, check_arch=check_arch)
-    # imported here: lock files are not on get_kernel's path, and `import kernel_fx` should stay cheap
-    from .locks import choose_locked, find_lockfile, read_lockfile, verified_dir
+    from .locks import locked_entries
 
-    path = Path(lockfile) if lockfile is not None else find_lockfile()
-    entry = choose_locked(read_lockfile(path), repo_id, system_info(backend), path)
+    path, entries = locked_entries(repo_id, lockfile)
+    return load_locked(repo_id, path, entries, backend=backend, check_arch=check_arch)
+
+
+def get_locked_kernel(
+    repo_id: str,
+    *,
+    lockfile: str | Path | None = None,
+    backend: str | None = None,
+    trust_remote_code: TrustSetting = False,
+    user_agent: str | dict | None = None,
+    check_arch: bool = True,
+) -> ModuleType:
+    """`load_kernel`, but a locked kernel missing from the cache is downloaded first (unless
+    `HF_HUB_OFFLINE` is set), as `kernels.get_locked_kernel` does. `trust_remote_code` is accepted
+    for the same signature; a lock-pinned kernel needs no trust opt-in."""
+    check_trust_setting(trust_remote_code)
+    override = env.local_kernels(locked=True).get(repo_id)
+    if override is not None:
+        return load_local(override, backend=backend, repo_id=repo_id, check_arch=check_arch)
+    from .locks import locked_entries
+
+    path, entries = locked_entries(repo_id, lockfile)
+    return load_locked(repo_id, path, entries, backend=backend, check_arch=check_arch, download=True, user_agent=user_agent)
+
+
+def load_locked(repo_id: str, lockfile: Path, entries: Sequence[LockEntry], *, backend: str | None = None, check_arch: bool = True,
+                download: bool = False, user_agent: str | dict | None = None) -> ModuleType:
+    """Import `repo_id` pinned by `entries` (its entries of `lockfile`, already read), after checking its
+    files; `download` fetches a locked variant missing from the cache unless offline."""
+    from .locks import LockedCommit, choose_locked, download_locked, verified_dir
+
+    system = system_info(backend)
+    if download and not env.offline():
+        first = entries[0] if isinstance(entries[0], LockedCommit) else choose_locked(list(entries), repo_id, system, lockfile)
+        download_locked([first], lockfile, system, user_agent=user_agent)
+    entry = choose_locked(list(entries), repo_id, system, lockfile)
     variant_dir = entry.cached_dir()
     module = imported(variant_dir)
     if module is None:  # once its code ran in this process, checking the files protects nothing
-        verified_dir(entry, path)
+        verified_dir(entry, lockfile)
     metadata = read_metadata(variant_dir)
     if check_arch:
         archs.check_arch(metadata, where=entry)

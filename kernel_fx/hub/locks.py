@@ -139,6 +139,20 @@ def write_lockfile(path: Path, entries: Iterable[LockedVariant]) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
+def locked_entries(repo_id: str, lockfile: str | Path | None) -> tuple[Path, tuple[LockEntry, ...]]:
+    """The lock file (the nearest one when `lockfile` is None) and its entries for `repo_id`; raises
+    `LockfileError` when it cannot be read or does not lock `repo_id`."""
+    path = Path(lockfile) if lockfile is not None else find_lockfile()
+    entries = read_lockfile(path)
+    mine = tuple(e for e in entries if e.repo_id == repo_id)
+    if not mine:
+        locked = ", ".join(sorted({e.repo_id for e in entries})) or "nothing"
+        raise LockfileError(
+            f"Lock file {path} has no entry for {repo_id!r} (it locks: {locked}); add it with `kernel-fx lock {repo_id}`."
+        )
+    return path, mine
+
+
 def choose_locked(entries: list[LockEntry], repo_id: str, system: SystemInfo, lockfile: Path) -> LockedVariant:
     """The locked variant of `repo_id` that fits `system`.
 
@@ -215,7 +229,8 @@ def _variants_to_lock(spec: KernelSpec, resolved: Resolved, system: SystemInfo) 
     return spec.variants
 
 
-def download_locked(entries: Iterable[LockEntry], lockfile: Path, system: SystemInfo | None = None) -> list[Path]:
+def download_locked(entries: Iterable[LockEntry], lockfile: Path, system: SystemInfo | None = None, *,
+                    user_agent: str | dict | None = None) -> list[Path]:
     """Make every locked variant present and verified in the cache; return their directories.
 
     For a `kernels.lock` entry, that is the variant of its commit that fits `system` (default: this one).
@@ -227,18 +242,18 @@ def download_locked(entries: Iterable[LockEntry], lockfile: Path, system: System
     paths = []
     for entry in entries:
         if isinstance(entry, LockedCommit):
-            paths.append(_download_commit(entry, lockfile, system))
+            paths.append(_download_commit(entry, lockfile, system, user_agent))
             continue
         if not entry.cached_dir().is_dir():
             if env.offline():
                 raise NotCachedError(f"{entry} is not in the cache {env.hub_cache_dir()} and HF_HUB_OFFLINE is set; unset it to download.")
             pinned = Resolved(entry.repo_id, entry.repo_type, entry.commit, entry.commit, (entry.variant,))
-            remote.download_variant(pinned, entry.variant)
+            remote.download_variant(pinned, entry.variant, user_agent=user_agent)
         paths.append(verified_dir(entry, lockfile))
     return paths
 
 
-def _download_commit(entry: LockedCommit, lockfile: Path, system: SystemInfo) -> Path:
+def _download_commit(entry: LockedCommit, lockfile: Path, system: SystemInfo, user_agent: str | dict | None = None) -> Path:
     from . import remote
 
     try:
@@ -246,9 +261,9 @@ def _download_commit(entry: LockedCommit, lockfile: Path, system: SystemInfo) ->
     except (NotCachedError, NoVariantError):
         if env.offline():
             raise
-        resolved = remote.resolve_remote(entry.repo_id, entry.commit, None)
+        resolved = remote.resolve_remote(entry.repo_id, entry.commit, None, user_agent=user_agent)
         choice = choose_variant(list(resolved.variants), system, where=f"{entry} in lock file {lockfile}")
-        remote.download_variant(resolved, choice.name)
+        remote.download_variant(resolved, choice.name, user_agent=user_agent)
         locked = cached_variant(entry, system, lockfile)
     variant_dir = verified_dir(locked, lockfile)
     check_digest(variant_dir, read_metadata(variant_dir), where=str(locked))

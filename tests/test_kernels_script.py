@@ -1,0 +1,93 @@
+"""Code written against the Hugging Face `kernels` package runs on kernel_fx with only the import
+changed: one script (tests/scripts/kernels_style.py), run with `kernels` 0.19 and with kernel_fx,
+offline, from a local kernel repo, must print the same observations."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent / "scripts" / "kernels_style.py"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+LAYERS = '''
+import torch
+from torch import nn
+
+CALLS = []
+
+
+class SiluAndMul(nn.Module):
+    can_torch_compile = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        CALLS.append("SiluAndMul")
+        d = x.shape[-1] // 2
+        return nn.functional.silu(x[..., :d]) * x[..., d:]
+
+
+class RMSNorm(nn.Module):
+    can_torch_compile = True
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        CALLS.append("RMSNorm")
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+'''
+
+EXPECTED = [
+    "strict: True True",  # use_fallback=False: no mapping for Twice is a ValueError naming it
+    "layers: ['act', 'norm']",
+    "funcs: []",
+    "repo types: ['LayerRepository', 'LocalLayerRepository']",
+    "skipped by condition: ['act']",  # RMSNorm's condition=: this model's norm keeps its forward
+    "lenient: ['act', 'norm']",  # KernelizeFallback.DEFAULT: Twice falls back, the others get kernels
+    "kernel calls per forward: 3",
+    "same output: True",
+]
+
+
+@pytest.fixture
+def kernel_repo_dir(tmp_path) -> Path:
+    """A local kernel repo with the metadata `kernels` 0.19 requires, and a unique module id."""
+    variant = tmp_path / "act" / "build" / "torch-cpu"
+    variant.mkdir(parents=True)
+    (variant / "__init__.py").write_text("from . import layers\n")
+    (variant / "layers.py").write_text(LAYERS)
+    metadata = {"id": f"_script_kernel_{os.getpid()}", "name": "act", "version": 1, "license": "apache-2.0",
+                "python-depends": [], "backend": {"type": "cpu"}}
+    (variant / "metadata.json").write_text(json.dumps(metadata))
+    return tmp_path / "act"
+
+
+def run_script(script: Path, repo: Path) -> list[str]:
+    env = {**os.environ, "LOCAL_KERNELS": f"org/act={repo}", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
+    for name in ("KERNEL_FX_DISABLE", "DISABLE_KERNEL_MAPPING", "KERNEL_FX_LOCAL_KERNELS"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, str(script), str(repo)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_the_script_imports_kernels_once():
+    text = SCRIPT.read_text()
+    assert text.count("from kernels import (") == 1
+    assert "import kernel_fx" not in text and "from kernel_fx" not in text
+
+
+def test_kernels_itself_runs_the_script(kernel_repo_dir):
+    """The oracle: the script's expectations are `kernels`' behaviour."""
+    pytest.importorskip("kernels")
+    assert run_script(SCRIPT, kernel_repo_dir) == EXPECTED
+
+
+def test_kernel_fx_runs_the_script_with_only_the_import_changed(kernel_repo_dir, tmp_path):
+    changed = tmp_path / "kernel_fx_style.py"
+    changed.write_text(SCRIPT.read_text().replace("from kernels import (", "from kernel_fx import (", 1))
+    assert run_script(changed, kernel_repo_dir) == EXPECTED
