@@ -119,3 +119,41 @@ def test_use_fallback_false_raises_on_the_same_reasons_everywhere(case):
             else:
                 (decision,) = run(model, mode, False)
                 assert decision.uses_kernel == (reason is None), name
+
+
+def test_no_mapping_is_an_error_without_fallback_on_every_path():
+    """As in `kernels` ("No layer mapping for `X`"): a marked layer with nothing mapped is not kernelized,
+    and with use_fallback=False that is an error, eagerly, compiled and on a GraphModule alike."""
+    assert Reason.NO_MAPPING not in NEVER_AN_ERROR
+    for run in PATHS.values():
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match=r"Cannot kernelize .*no mapping: no kernel mapped for layer 'Shift'"):
+            run(Net(), Mode.INFERENCE, False)
+
+
+@kernel_fx.use_kernel_forward_from_hub("Shift", condition=lambda module: module.allowed)
+class GatedShift(Shift):
+    def __init__(self) -> None:
+        super().__init__()
+        self.allowed = False
+
+
+class GatedNet(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = GatedShift()
+
+
+def test_a_false_kernel_condition_filters_the_site_on_every_path(tmp_path):
+    repo = make_kernel_repo(tmp_path / "repo", {"torch-cpu": {"layers.py": KERNEL.format(has_backward=True, params="x")}})
+    decided = {}
+    with use_kernel_mapping({"Shift": {"cpu": LocalLayerRepository(repo, layer_name="Shift")}}):
+        for name, run in PATHS.items():
+            torch._dynamo.reset()
+            (decision,) = run(GatedNet(), Mode.INFERENCE, False)  # filtered out: never an error
+            decided[name] = (decision.outcome, decision.rejected.reason)
+            allowed = GatedNet()
+            allowed.shift.allowed = True
+            torch._dynamo.reset()
+            assert run(allowed, Mode.INFERENCE, False)[0].uses_kernel, name
+    assert decided == dict.fromkeys(PATHS, (Outcome.ORIGINAL, Reason.FILTERED))
