@@ -3,6 +3,8 @@
     kernel-fx demo                      the main job: demo model eager / kernelized / compiled
     kernel-fx report MODULE:FUNCTION    report on your model, with a mapping you name
     kernel-fx variants REPO             build variants of a Hub kernel repo, accepted or not
+    kernel-fx describe-api REPO|DIR     a kernel's functions and layers, without importing it
+    kernel-fx cache ls                  the kernels in the local cache
     kernel-fx lock / download           pin kernels in a lock file; pre-fetch them
 """
 

@@ -1,4 +1,4 @@
-"""The `kernel-fx` subcommands about Hub kernels: `variants`, `lock`, `download`.
+"""The `kernel-fx` subcommands about Hub kernels: `variants`, `lock`, `download`, `describe-api`, `cache ls`.
 
 `add_hub_commands(subparsers)` adds them to the main parser; each sets `func`, which takes the
 parsed arguments and returns the exit status (0 ok, 1 a kernel_fx error, printed to stderr).
@@ -22,7 +22,25 @@ def add_hub_commands(subparsers: argparse._SubParsersAction) -> None:
     pinned.add_argument("--revision", help="branch, tag or commit sha (default: main)")
     pinned.add_argument("--version", type=int, help="version N, i.e. branch vN")
     variants.add_argument("--backend", help="judge for this backend (cpu, cuda, ...) instead of torch's")
+    variants.add_argument("--only-compatible", action="store_true", help="list only the variants that fit this system")
+    variants.add_argument("--json", action="store_true", help="print the variants and decisions as JSON")
     variants.set_defaults(func=_guarded(run_variants))
+
+    describe = subparsers.add_parser("describe-api", help="a kernel's functions and layers with their flags, without importing it")
+    describe.add_argument("kernel", help="Hub kernel repo (org/name) or a local kernel directory")
+    pinned = describe.add_mutually_exclusive_group()
+    pinned.add_argument("--revision", help="branch, tag or commit sha (default: main)")
+    pinned.add_argument("--version", type=int, help="version N, i.e. branch vN")
+    describe.add_argument("--backend", help="describe the variant for this backend instead of torch's")
+    describe.add_argument("--json", action="store_true")
+    describe.set_defaults(func=_guarded(run_describe_api))
+
+    cache = subparsers.add_parser("cache", help="the kernels in the local cache")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
+    listing = cache_commands.add_parser("ls", help="list cached kernel commits, their branches and variants")
+    listing.add_argument("--cache-dir", type=Path, help="cache to list (default: KERNEL_FX_CACHE, KERNELS_CACHE or HF_HUB_CACHE)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_guarded(run_cache_ls))
 
     lock = subparsers.add_parser("lock", help="pin a project's kernels: commit, variant and sha256 of every file")
     lock.add_argument("kernels", nargs="*", metavar="REPO[@REV]",
@@ -44,14 +62,63 @@ def run_variants(args: argparse.Namespace) -> int:
     from .hub.api import get_kernel_variants
 
     found = get_kernel_variants(args.repo_id, revision=args.revision, version=args.version, backend=args.backend)
+    checks = [c for c in found.checks if c.accepted or not getattr(args, "only_compatible", False)]
+    if getattr(args, "json", False):
+        import json
+
+        print(json.dumps({"repo_id": found.repo_id, "revision": found.revision, "commit": found.commit, "system": str(found.system),
+                          "variants": [{"variant": c.name, "status": _status(c, found.chosen), "reason": c.reason} for c in checks]}, indent=2))
+        return 0 if found.chosen else 1
     pinned = f" (commit {found.commit})" if found.commit and found.commit != found.revision else ""
     print(f"{found.repo_id}@{found.revision}{pinned}")
     print(f"system: {found.system}")
     if found.from_cache:
         print("offline: only the variants in the local cache are listed")
-    rows = [[c.name, _status(c, found.chosen), c.reason or "-"] for c in found.checks]
-    print(tabulate(rows, headers=["variant", "status", "reason"]) if rows else "no build/ variants")
+    rows = [[c.name, _status(c, found.chosen), c.reason or "-"] for c in checks]
+    empty = "no compatible variants" if getattr(args, "only_compatible", False) else "no build/ variants"
+    print(tabulate(rows, headers=["variant", "status", "reason"]) if rows else empty)
     return 0 if found.chosen else 1
+
+
+def run_describe_api(args: argparse.Namespace) -> int:
+    from .describe import describe_api
+
+    api = describe_api(args.kernel, revision=args.revision, version=args.version, backend=args.backend)
+    if args.json:
+        import json
+
+        print(json.dumps(api.as_dict(), indent=2))
+        return 0
+    print(f"{api.source}\nvariant: {api.variant} (from {'symbols.json' if api.from_symbols else 'the source, not imported'})")
+    print("\nfunctions:")
+    print("\n".join(f"  {name}" for name in api.functions) or "  (none)")
+    print("\nlayers:")
+    flag = lambda value: "unknown" if value is None else str(value)  # noqa: E731
+    print("\n".join(f"  {la.name}  has_backward={flag(la.has_backward)}  can_torch_compile={flag(la.can_torch_compile)}"
+                    for la in api.layers) or "  (none)")
+    return 0
+
+
+def run_cache_ls(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .cached import cached_kernels
+    from .hub import env
+
+    root = args.cache_dir or env.hub_cache_dir()
+    found = cached_kernels(root)
+    if args.json:
+        import json
+
+        print(json.dumps({"cache_dir": str(root), "kernels": [k.as_dict() for k in found]}, indent=2))
+        return 0
+    if not found:
+        print(f"No cached kernels in {root}.")
+        return 0
+    rows = [[f"{k.repo_type}/{k.repo_id}", ", ".join(k.refs) or "-", k.commit[:12], ", ".join(k.variants), f"{k.size / 1e6:.1f} MB"]
+            for k in found]
+    print(tabulate(rows, headers=["repo", "refs", "commit", "variants", "size"]))
+    return 0
 
 
 def _status(check, chosen) -> str:

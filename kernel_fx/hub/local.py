@@ -54,14 +54,20 @@ def load_local(
     """`get_local_kernel`, labelled `repo_id (local path)` when it stands in for a Hub repo."""
     repo_path = Path(repo_path).expanduser().resolve()
     label = f"{repo_id} (local {repo_path})" if repo_id else str(repo_path)
-    if _is_variant_dir(repo_path):
-        variant_dir, variant = repo_path, repo_path.name
-    else:
-        variant = choose_variant(list_local_variants(repo_path), system_info(backend), where=label).name
-        variant_dir = variants_folder(repo_path) / variant
+    variant_dir = local_variant_dir(repo_path, backend=backend, label=label)
+    variant = variant_dir.name
     if check_arch:
         archs.check_arch(read_metadata(variant_dir), where=f"{label} variant {variant}")
     return import_variant(variant_dir, KernelSource(label, variant, str(variant_dir)))
+
+
+def local_variant_dir(repo_path: Path, *, backend: str | None = None, label: str | None = None) -> Path:
+    """The variant directory of the local repo at `repo_path` that fits this system (the path itself
+    when it is one variant)."""
+    if _is_variant_dir(repo_path):
+        return repo_path
+    variant = choose_variant(list_local_variants(repo_path), system_info(backend), where=label or str(repo_path)).name
+    return variants_folder(repo_path) / variant
 
 
 def local_variant_checks(repo_path: str | Path, *, backend: str | None = None) -> list[VariantCheck]:
