@@ -21,7 +21,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Rejected, raise_unless_allowed
+from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Reason, Rejected, raise_unless_allowed
 from .devices import Device, device_index
 from .errors import KernelFxError, MappingError
 from .forwards import CONDITIONS, Condition, installed_forward, make_forward
@@ -72,6 +72,7 @@ def kernelize(
     mark_hub_classes()  # so a later torch.compile(backend="hubkernels") binds their calls exactly
     hosts = hub_function_hosts(model)
     plans = []
+    always_kernel: dict[str, str] = {}  # sites whose kernel runs whatever the call: path -> layer name
     for path, module in extensible_modules(model):
         layer_name = layer_name_of(module)
         assert layer_name is not None  # extensible_modules yields marked modules only
@@ -81,6 +82,7 @@ def kernelize(
             site = planner.skipped(module, layer_name, FILTERED)
         else:
             site = planner.site(module, layer_name)
+            site = _enclosed(planner, module, layer_name, site, path, always_kernel)
         if allowed is not None:
             _raise_on_fallback(path, layer_name, target, mode, site.plans, needs_torch_compile, allowed)
         plans.append((path, module, site))
@@ -106,6 +108,20 @@ def report(model: nn.Module) -> Report:
     if sites is None:
         raise KernelFxError(f"{type(model).__name__} has not been kernelized; call kernel_fx.kernelize(model) first.")
     return Report([replace(d, path=path) for path, decisions in sites for d in decisions])
+
+
+def _enclosed(planner: Planner, module: nn.Module, layer_name: str, site: SitePlan, path: str,
+              always_kernel: dict[str, str]) -> SitePlan:
+    """A site inside one whose kernel always runs: the enclosing kernel replaces the whole call, so
+    this site's own kernel is not installed (the compiled pass reports it the same way). A site
+    that would keep its original anyway keeps its own reason."""
+    outer = next((p for p in always_kernel if path.startswith(p + ".") or (not p and path)), None)
+    if outer is not None and site.forward is not None:
+        detail = f"inside {outer or '<root>'} ({always_kernel[outer]}), which runs a kernel"
+        return planner.skipped(module, layer_name, Rejected(Reason.ENCLOSED, detail))
+    if outer is None and all(plan.kernel is not None for plan in site.plans.values()):
+        always_kernel[path] = layer_name
+    return site
 
 
 def _allowed_fallbacks(use_fallback: object) -> KernelizeFallback | None:

@@ -12,7 +12,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["AddRMSNorm", "ApplyRotary", "Attention", "LlamaAttention", "LlamaAttentionCacheArg", "LlamaMLP", "RMSNorm", "SiluAndMul"]
+from ._transformers import AttentionCore, FastGELU, GeLU, GeluTanh, GemmaRMSNorm, NewGELU, QuickGELU, RotaryPosEmb, SiLU
+
+__all__ = [
+    "AddRMSNorm", "ApplyRotary", "Attention", "AttentionCore", "FastGELU", "GeLU", "GeluTanh", "GemmaRMSNorm", "LlamaAttention", "LlamaAttentionCacheArg", "LlamaMLP", "NewGELU", "QuickGELU", "RMSNorm", "RotaryPosEmb", "SiLU", "SiluAndMul",
+]
 
 
 class RMSNorm(nn.Module):

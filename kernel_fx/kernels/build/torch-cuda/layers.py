@@ -13,9 +13,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._transformers import AttentionCore, FastGELU, GeLU, GeluTanh, GemmaRMSNorm, NewGELU, QuickGELU, RotaryPosEmb, SiLU
+
 from . import _ops
 
-__all__ = ["AddRMSNorm", "ApplyRotary", "Attention", "LlamaMLP", "RMSNorm", "SiluAndMul"]
+__all__ = [
+    "AddRMSNorm", "ApplyRotary", "Attention", "AttentionCore", "FastGELU", "GeLU", "GeluTanh", "GemmaRMSNorm", "LlamaMLP", "NewGELU", "QuickGELU", "RMSNorm", "RotaryPosEmb", "SiLU", "SiluAndMul",
+]
 
 
 class RMSNorm(nn.Module):
