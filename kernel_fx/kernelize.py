@@ -25,6 +25,7 @@ from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Reason, 
 from .devices import Device, device_index
 from .errors import KernelFxError, MappingError
 from .forwards import CONDITIONS, Condition, installed_forward, make_forward
+from .hub_forwards import release_hub_forwards
 from .layers import extensible_modules, hub_function_hosts, layer_name_of, mark_hub_classes
 from .modes import Mode, check_kernelize_mode
 from .planner import KernelPlan, Planner, SitePlan
@@ -32,6 +33,7 @@ from .report import Report
 from .switches import disabled_by
 
 SITES_ATTR = "_kernel_fx_sites"
+NOTES_ATTR = "_kernel_fx_notes"
 FilterFn = Callable[[nn.Module, str], bool]
 
 
@@ -70,6 +72,7 @@ def kernelize(
                       compile_only=mode is None and needs_torch_compile)
     disabled = disabled_by()
     mark_hub_classes()  # so a later torch.compile(backend="hubkernels") binds their calls exactly
+    released = release_hub_forwards(model)  # never stack on forwards the `kernels` package installed
     hosts = hub_function_hosts(model)
     plans = []
     always_kernel: dict[str, str] = {}  # sites whose kernel runs whatever the call: path -> layer name
@@ -88,6 +91,7 @@ def kernelize(
         plans.append((path, module, site))
     sites = [_install(path, module, site, planner.backend, hosts.get(id(module))) for path, module, site in plans]
     setattr(model, SITES_ATTR, sites)
+    setattr(model, NOTES_ATTR, released)
     return model
 
 
@@ -97,8 +101,8 @@ def unkernelize(model: nn.Module) -> nn.Module:
         forward = installed_forward(module)
         if forward is not None:
             forward.uninstall()
-    if SITES_ATTR in vars(model):
-        delattr(model, SITES_ATTR)
+    for attr in (SITES_ATTR, NOTES_ATTR):
+        vars(model).pop(attr, None)
     return model
 
 
@@ -107,7 +111,7 @@ def report(model: nn.Module) -> Report:
     sites = vars(model).get(SITES_ATTR)
     if sites is None:
         raise KernelFxError(f"{type(model).__name__} has not been kernelized; call kernel_fx.kernelize(model) first.")
-    return Report([replace(d, path=path) for path, decisions in sites for d in decisions])
+    return Report([replace(d, path=path) for path, decisions in sites for d in decisions], notes=list(vars(model).get(NOTES_ATTR, ())))
 
 
 def _enclosed(planner: Planner, module: nn.Module, layer_name: str, site: SitePlan, path: str,

@@ -30,6 +30,7 @@ class Report:
 
     decisions: list[Decision] = field(default_factory=list)
     graphs: list[GraphRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what kernel_fx did besides the sites (e.g. forwards it gave back)
 
     def sites(self) -> list[tuple[str, int | None]]:
         return sorted({(d.path, d.call_index) for d in self.decisions}, key=lambda s: (s[0], s[1] or 0))
@@ -54,6 +55,7 @@ class Report:
             "summary": self.summary(),
             "decisions": [d.as_dict() for d in self.decisions],
             "graphs": [g.as_dict() for g in self.graphs],
+            "notes": list(self.notes),
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -88,7 +90,7 @@ class Report:
         if fmt not in ("text", "markdown"):
             raise ValueError(f"Report format {fmt!r} is not supported; use 'text' or 'markdown'.")
         tablefmt = "github" if fmt == "markdown" else "simple"
-        parts = [self.table(tablefmt), self.summary()]
+        parts = [self.table(tablefmt), self.summary(), *(f"note: {note}" for note in self.notes)]
         parts += [_render_graph(g, tablefmt, fmt, max_diff_lines) for g in self.graphs]
         return "\n\n".join(parts)
 
