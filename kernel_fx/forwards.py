@@ -1,7 +1,9 @@
 """The forward kernelize installs on a module instance, and how it chooses per call.
 
 A `KernelForward` holds a table of four forwards, one per condition (autograd needed or not,
-compiling or not), and picks one per call; a static choice skips the checks. It lives in the
+compiling or not), and picks one per call; a static choice skips the checks. A kernel's entry is
+guarded for DTensor inputs (`kernel_fx.dtensor.guard`): it runs as the kernel declares, or the
+original runs. It lives in the
 instance `__dict__`, so the class and every other instance stay untouched, and it survives
 `copy.deepcopy` and pickling (kernels are reloaded from their repositories, loudly falling back
 to the original forward when they cannot be).
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .dtensor import guard
 from .modes import Mode
 
 ForwardFn = Callable[..., Any]  # called as fn(module, *args, **kwargs)
@@ -90,7 +93,7 @@ def plan_forward(original: ForwardFn, by_condition: dict) -> ForwardPlan:
         entries = [(kernel, repo)] * 4
     else:
         entries = [by_condition[c] for c in sorted(by_condition, key=lambda c: c.index)]
-    table = tuple(original if k is None else k.forward for k, _ in entries)
+    table = tuple(original if k is None else guard(k, original) for k, _ in entries)
     repos = tuple(None if k is None else r for k, r in entries)
     return ForwardPlan(_forward_class(table), table, repos)
 
@@ -199,7 +202,7 @@ def _rebuild(module: nn.Module, repos: tuple, backend: str, previous: Any) -> Ke
             table.append(original)
             continue
         try:
-            table.append(load_layer(repo, backend).forward)
+            table.append(guard(load_layer(repo, backend), original))
         except Exception as exc:  # noqa: BLE001 - any failure must be loud, never a silent revert
             warnings.warn(
                 f"kernel_fx: reloading kernel {repo!r} for a {type(module).__name__} failed ({exc}); "

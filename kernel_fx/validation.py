@@ -1,7 +1,7 @@
 """Checks that a kernel layer class can stand in for a user's layer, cached per pair.
 
 A kernel layer is an `nn.Module` subclass with only `forward` (and the optional class
-attributes `has_backward` and `can_torch_compile`), whose forward has the original's parameter
+attributes `has_backward`, `can_torch_compile` and `dtensor`, see `kernel_fx.dtensor`), whose forward has the original's parameter
 names, kinds and defaults.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-ALLOWED_MEMBERS = frozenset({"forward", "has_backward", "can_torch_compile"})
+ALLOWED_MEMBERS = frozenset({"forward", "has_backward", "can_torch_compile", "dtensor"})
 _IGNORED = frozenset(
     {"__module__", "__qualname__", "__doc__", "__annotations__", "__dict__", "__weakref__",
      "__firstlineno__", "__static_attributes__", "__orig_bases__", "__parameters__", "__annotate__",
@@ -44,7 +44,8 @@ def _class_problem(kernel: object) -> str | None:
             return f"{klass.__qualname__} defines __init__; kernel layers may not (they run on the user's module)"
         extra = sorted(n for n in vars(klass) if n not in ALLOWED_MEMBERS and n not in _IGNORED)
         if extra:
-            return f"{klass.__qualname__} has members {', '.join(extra)}; only forward, has_backward and can_torch_compile are allowed"
+            allowed = ", ".join(sorted(ALLOWED_MEMBERS))
+            return f"{klass.__qualname__} has members {', '.join(extra)}; only {allowed} are allowed"
     if "forward" not in {n for k in kernel.__mro__[: kernel.__mro__.index(nn.Module)] for n in vars(k)}:
         return f"{kernel.__qualname__} does not define forward"
     return None

@@ -72,9 +72,10 @@ from ..layers import mark_hub_classes
 from ..modes import Mode
 from ..report import Report
 from . import trace_time  # noqa: F401 - registers the trace-time chooser with the markers
-from .frame import current_frame
+from .frame import FrameInfo, current_frame
 from .graph_pass import run_pass
 from .options import Options
+from .served import ServedLayers
 
 markers.allow_markers()
 # torch.compile(backend="hubkernels") imports this module before dynamo traces: mark the classes the
@@ -112,10 +113,12 @@ class HubKernelsBackend:
     def __call__(self, gm: fx.GraphModule, example_inputs: list[Any], *, mode: str | None = None,
                  options: Mapping[str, Any] | None = None) -> Callable[..., Any]:
         opts = self.options.updated(options)
-        record = _run(gm, example_inputs, opts, len(self.records), mode)
+        frame = current_frame()
+        record = _run(gm, example_inputs, opts, len(self.records), mode, frame)
         self.records.append(record)
         _sessions.add(record)
-        return _inner_compile(opts.inner, gm, example_inputs, mode)
+        compiled = _inner_compile(opts.inner, gm, example_inputs, mode)
+        return ServedLayers.wrap(compiled, gm, example_inputs, record, frame, _sessions.served)
 
     def __repr__(self) -> str:
         return f"HubKernelsBackend({self.options}, graphs={len(self.records)})"
@@ -128,9 +131,11 @@ def hubkernels(gm: fx.GraphModule, example_inputs: list[Any], *, mode: str | Non
     Records go to `kernel_fx.last_compile_report()`.
     """
     opts = Options().updated(options)
-    record = _run(gm, example_inputs, opts, _sessions.next_index(), mode)
+    frame = current_frame()
+    record = _run(gm, example_inputs, opts, _sessions.next_index(), mode, frame)
     _sessions.add(record)
-    return _inner_compile(opts.inner, gm, example_inputs, mode)
+    compiled = _inner_compile(opts.inner, gm, example_inputs, mode)
+    return ServedLayers.wrap(compiled, gm, example_inputs, record, frame, _sessions.served)
 
 
 hubkernels._kernel_fx_hubkernels = True  # type: ignore[attr-defined]
@@ -145,9 +150,10 @@ def last_compile_report() -> Report | None:
     return _sessions.report
 
 
-def _run(gm: fx.GraphModule, example_inputs: list[Any], opts: Options, index: int, compile_mode: str | None) -> GraphRecord:
+def _run(gm: fx.GraphModule, example_inputs: list[Any], opts: Options, index: int, compile_mode: str | None,
+         frame: FrameInfo) -> GraphRecord:
     """The graph pass on `gm`; `compile_mode` is torch.compile's `mode=`, for the inner compiler."""
-    return run_pass(gm, example_inputs, opts, frame=current_frame(), index=index, inner=_inner_name(opts.inner),
+    return run_pass(gm, example_inputs, opts, frame=frame, index=index, inner=_inner_name(opts.inner),
                     compile_fn=lambda g, xs: _inner_compile(opts.inner, g, xs, compile_mode))
 
 
@@ -198,6 +204,11 @@ class _Sessions:
             self._context = _ref(context)
         self.report.graphs.append(record)
         self.report.decisions.extend(record.decisions)
+
+    def served(self, record: GraphRecord, decisions: list[Any]) -> None:
+        """A compiled graph ran for another layer (see served.py): its sites join the report."""
+        if self.report is not None and any(r is record for r in self.report.graphs):
+            self.report.decisions.extend(decisions)
 
     def _same(self, context: Any) -> bool:
         if context is None:

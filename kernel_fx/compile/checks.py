@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..decisions import DISABLED, Rejected
 from .autotune import faster_than_original
 from .decide import Candidate, Check, PassContext
+from .dtensor_inputs import dtensor_inputs
 from .prepare import Substitution
 
 
@@ -44,6 +45,7 @@ DEFAULT_CHECKS: tuple[Check, ...] = (
     not_disabled,
     kernel_planned,
     binds_exactly,
+    dtensor_inputs,  # tensor parallel: as the kernel declares, where the placements allow
     prepares,
     faster_than_original,  # only with autotune=True
 )

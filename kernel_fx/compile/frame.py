@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,15 @@ class FrameInfo:
     globals: Mapping[str, Any] = field(default_factory=dict)
     open_keys: frozenset[str] = frozenset()
     bucketed: bool = False
+    prefix: str = ""  # where `L['self']` sits in the model the user wrapped (FSDP2 compiles layer by layer)
+
+    def display(self, path: str) -> str:
+        """How a report names the module at a dynamo source path: `display_path`, with the path
+        of the compiled module in its model in front (`input_layernorm` -> `layers.0.input_layernorm`)."""
+        shown = display_path(path)
+        if self.prefix and _ROOT.match(path) and path.startswith("L['self']"):
+            return f"{self.prefix}.{shown}" if shown else self.prefix
+        return shown
 
     def resolve(self, path: str) -> Any:
         """The object at a dynamo source path such as `L['self'].layers.0.mlp`, or None."""
@@ -72,7 +82,37 @@ def current_frame() -> FrameInfo:
 
     bucketed = any(getattr(getattr(b, "__self__", None), "backend_compile_fn", None) is not None
                    for b in backend_layers(getattr(tx.output, "compiler_fn", None)))
-    return FrameInfo(getattr(tx, "f_locals", {}) or {}, getattr(tx, "f_globals", {}) or {}, frozenset(open_keys), bucketed)
+    f_locals = getattr(tx, "f_locals", {}) or {}
+    prefix = model_path(f_locals.get("self")) or ""
+    return FrameInfo(f_locals, getattr(tx, "f_globals", {}) or {}, frozenset(open_keys), bucketed, prefix)
+
+
+def sharded_roots() -> list[Any]:
+    """The root modules of FSDP2 (`fully_shard`) models in this process: the models the user wrapped."""
+    try:
+        from torch.distributed._composable_state import _module_state_mapping
+        from torch.distributed.fsdp._fully_shard._fsdp_state import FSDPState
+    except Exception:  # noqa: BLE001 - no torch.distributed, or these internals moved: no roots known
+        return []
+    roots = []
+    for module, ref in list(_module_state_mapping.items()):
+        state = ref() if callable(ref) and not isinstance(ref, FSDPState) else ref  # weak references to the states
+        if isinstance(state, FSDPState) and state._is_root and module is state._modules[0]:
+            roots.append(module)
+    return roots
+
+
+def model_path(module: Any) -> str | None:
+    """The path of `module` in the FSDP2 model holding it (`layers.0`), or None when it is no part
+    of one, or is its root. FSDP2 users compile each layer (`layer.compile()`), and dynamo then
+    compiles layers and the root's leftovers as frames of their own, whose `self` is not the model."""
+    if module is None or "torch.distributed" not in sys.modules:
+        return None
+    for root in sharded_roots():
+        for path, candidate in root.named_modules():
+            if candidate is module:
+                return path or None
+    return None
 
 
 def current_compile_id() -> str | None:

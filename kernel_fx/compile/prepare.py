@@ -15,17 +15,19 @@ A substitution is one of three kinds (`SubstitutionKind`):
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import fx, nn
 
 from ..decisions import Reason, Rejected
+from ..dtensor import NATIVE, dtensor_mode, is_dtensor, run_local
 from ..graph_records import SubstitutionKind
 from .sites import Site, example_value
-from .standin import CallSpec, InputRef, ModuleTemplate, named_tensors
+from .standin import CallSpec, InputRef, ModuleTemplate, named_tensors, standin_tensors
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,11 @@ def prepare(site: Site, kernel: type[nn.Module], original: Callable[..., Any], c
     def substitution(how: SubstitutionKind, traced: fx.GraphModule | None = None, why_opaque: Rejected | None = None) -> Substitution:
         return Substitution(site, how, spec, tuple(inputs), kernel.forward, original, traced, why_opaque)
 
+    if any(is_dtensor(example_value(n)) for n in inputs):  # the dtensor_inputs check allowed it
+        # one call AOTAutograd traces with the DTensors, on their local shards when the kernel says so
+        if dtensor_mode(kernel) == NATIVE:
+            return substitution(SubstitutionKind.CALL)
+        return replace(substitution(SubstitutionKind.CALL), forward=functools.partial(_on_local_shards, kernel.forward))
     if not getattr(kernel, "can_torch_compile", False):
         return _opaque(substitution, inputs, Rejected(Reason.NOT_TRACEABLE, "kernel has can_torch_compile = False; it runs as one opaque op"))
     traced = cache.trace(kernel.forward, spec, [example_value(n) for n in inputs])
@@ -89,6 +96,10 @@ def prepare(site: Site, kernel: type[nn.Module], original: Callable[..., Any], c
     if site.needs_grad or site.context.autocast or has_constants:
         return substitution(SubstitutionKind.CALL)
     return substitution(SubstitutionKind.TRACED, traced)
+
+
+def _on_local_shards(kernel_forward: Callable[..., Any], this: Any, *args: Any, **kwargs: Any) -> Any:
+    return run_local(kernel_forward, this, standin_tensors(this), args, kwargs)
 
 
 def _opaque(substitution: Callable[..., Substitution], inputs: list[fx.Node], why: Rejected) -> Substitution | Rejected:

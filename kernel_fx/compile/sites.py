@@ -27,7 +27,7 @@ from torch import fx, nn
 from .. import markers
 from ..decisions import Reason, Rejected
 from ..layers import layer_name_of, original_signature
-from .frame import FrameInfo, display_path
+from .frame import FrameInfo
 from .standin import named_tensors
 
 
@@ -147,7 +147,7 @@ class _GraphIndex:
             if isinstance(value, torch.Tensor):
                 self.tensor_node.setdefault(id(value), node)
         for node in placeholders:  # graphs split by DDPOptimizer get fake parameters: bind by source
-            real = frame.resolve(_placeholder_source(node) or "")
+            real = frame.resolve(placeholder_source(node) or "")
             if isinstance(real, torch.Tensor):
                 self.tensor_node.setdefault(id(real), node)
         for node in nodes:
@@ -181,7 +181,7 @@ def _source_name(source: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _placeholder_source(node: fx.Node) -> str | None:
+def placeholder_source(node: fx.Node) -> str | None:
     """The dynamo source a placeholder stands for (`L['self']._modules['norm']._parameters['weight']`).
 
     dynamo records it as `meta["grapharg"].source`; graphs that DDPOptimizer split off keep it as
@@ -322,14 +322,16 @@ def _identity(graph: _GraphIndex, marker: fx.Node) -> SiteIdentity:
             module, name = None, marked_class.rsplit(".", 1)[-1]
             if not (cls is not None and markers.class_name(cls) == marked_class):
                 key = None
-    shown = display_path(path) if key is not None else f"<{name}>"
+    if key is None and module is None and marker.target is markers.enter:
+        module, key, path, name = _frame_module(graph, marker, name)
+    shown = graph.frame.display(path) if key is not None else f"<{name}>"
     host = None
     if key is not None and path.startswith("G[") and len(stack) >= 2:
         # a global function module (`kernels`' use_kernelized_func): name it after its caller, as
         # kernelize names the caller's own copy
         host_path = stack[-2][1][0]
         host = graph.frame.resolve(host_path)
-        shown = f"{display_path(host_path)}.{layer_name}"
+        shown = f"{graph.frame.display(host_path)}.{layer_name}"
     return SiteIdentity(
         module=module,
         module_class=name,
@@ -338,6 +340,15 @@ def _identity(graph: _GraphIndex, marker: fx.Node) -> SiteIdentity:
         key=(key, path) if key is not None else None,
         host=host if isinstance(host, nn.Module) else None,
     )
+
+
+def _frame_module(graph: _GraphIndex, marker: fx.Node, name: str) -> tuple[Any, Any, str, str]:
+    """A marked forward that dynamo compiles as a frame of its own (after a graph break in its
+    caller, e.g. the root's leftovers under FSDP2): the module is the frame's `self`."""
+    this = graph.frame.locals.get("self")
+    if not _stack(marker) and isinstance(this, nn.Module) and markers.class_name(type(this)) == marker.args[0][3]:
+        return this, str(id(this)), "L['self']", type(this).__name__
+    return None, None, "", name
 
 
 def _unresolved(identity: SiteIdentity) -> Rejected:
@@ -436,7 +447,7 @@ def _unmarked(graph: _GraphIndex, key: tuple[str, str], nodes: list[fx.Node], cl
     members = set(nodes)
     identity = SiteIdentity(module=module, module_class=cls.__name__,
                             layer_name=layer_name_of(module if module is not None else cls) or "?",  # type: ignore[arg-type]
-                            path=display_path(key[1]), key=key)
+                            path=graph.frame.display(key[1]), key=key)
 
     def site(context: CallContext, binding: Binding | None = None, problem: Rejected | None = None) -> Site:
         return Site(identity, start, end, tuple(nodes), False, context, binding, problem)

@@ -111,6 +111,12 @@ class StandIn:
         return f"<stand-in for {object.__getattribute__(self, '_template').cls.__name__}>"
 
 
+def standin_tensors(this: StandIn) -> dict[str, torch.Tensor]:
+    """The graph values a stand-in answers for the module's tensors, by dotted name."""
+    values: dict[str, Any] = object.__getattribute__(this, "_values")
+    return {name: v for name, v in values.items() if isinstance(v, torch.Tensor)}
+
+
 def named_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Every parameter and buffer of `module` (submodules' dotted), duplicates included."""
     return [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
