@@ -115,8 +115,8 @@ def decide(sites: Sequence[Site], context: PassContext, checks: Sequence[Check])
     replaced: set[int] = set()
     for i, site in enumerate(sites):
         result = _decide_one(sites, i, replaced, context, checks)
-        if result.substitution is not None:
-            replaced.add(i)
+        if result.substitution is not None or result.traced_in is not None:
+            replaced.add(i)  # a kernel replaces the whole call: marked calls inside run their original, as eagerly
         if not context.options.use_fallback and result.decision.outcome is Outcome.ORIGINAL:
             raise_unless_allowed(result.decision.rejected,
                                  f"{site.path or '<root>'} call {site.call_index} (layer {site.layer_name!r})",

@@ -67,7 +67,7 @@ def test_unknown_option_is_an_error_listing_the_known_ones():
     [
         ({"inner": "no-such-backend"}, r"inner='no-such-backend' is not a registered backend\. Known backends are: .*aot_eager"),
         ({"mode": "fast"}, r"mode='fast' is not a mode; use 'inference', 'training'"),
-        ({"device": "tpu"}, r"device='tpu'"),
+        ({"device": "quantum"}, r"device='quantum'"),
         ({"use_fallback": "no"}, r"use_fallback='no' must be True or False"),
     ],
     ids=["inner", "mode", "device", "use_fallback"],
