@@ -136,8 +136,14 @@ def test_use_fallback_false_raises_with_the_reason(mapping):
             torch.compile(model, backend=HubKernelsBackend(inner="eager", use_fallback=False))(torch.ones(8))
 
 
-def test_no_mapping_is_not_a_fallback_error():
+def test_no_mapping_is_a_fallback_error_as_in_kernels():
     backend = HubKernelsBackend(inner="eager", use_fallback=False)
+    with pytest.raises(Exception, match=r"Cannot kernelize .*no mapping"):
+        torch.compile(nn.Sequential(Scale()), backend=backend)(torch.ones(8))
+
+
+def test_no_mapping_keeps_the_original_with_fallback():
+    backend = HubKernelsBackend(inner="eager")
     torch.compile(nn.Sequential(Scale()), backend=backend)(torch.ones(8))
     assert backend.report.decisions[0].rejected.reason is Reason.NO_MAPPING
 
