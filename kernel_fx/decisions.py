@@ -53,6 +53,10 @@ class Reason(str, Enum):
     UNKNOWN_MODULE = "module not resolved"
     ENCLOSED = "inside a substituted call"
     SLOWER_THAN_ORIGINAL = "slower than original"  # autotune=True timed both
+    # the opaque op (compile/opaque.py) cannot express what the kernel does
+    OPAQUE_ALIASING = "aliased output"  # an output is a view of an input that is written later
+    OPAQUE_SIDE_EFFECT = "side effect under autograd"  # the opaque backward would run the writes twice
+    OPAQUE_NO_METADATA = "no output metadata"  # the original could not run on fake tensors
 
 
 @dataclass(frozen=True)
