@@ -22,10 +22,8 @@ import datetime as dt
 import functools
 import json
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,9 @@ from torch import nn
 
 import kernel_fx
 from kernel_fx.integrations import prepare, transformers_mapping
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_models import timed  # noqa: E402 - one timing method for every benchmark
 
 VARIANTS = ("eager", "eager+kernelize", "inductor", "hubkernels", "hubkernels+autotune")
 
@@ -73,30 +74,6 @@ def variant_model(variant: str, base: nn.Module, training: bool, compile_mode: s
     backend = kernel_fx.HubKernelsBackend(autotune=variant.endswith("autotune"))
     model.forward = torch.compile(model.forward, backend=backend, mode=compile_mode)
     return model, backend
-
-
-def timed(fn: Callable[[], Any], device: str, warmup: int, repeats: int) -> tuple[float, float]:
-    """(median ms, peak MiB) of `fn()` after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
-    return statistics.median(times), peak
 
 
 def forward_flops(model: nn.Module, batch: int, seq: int, training: bool) -> float:
