@@ -45,6 +45,9 @@ class Reason(str, Enum):
     VALIDATION_FAILED = "validation failed"
     FILTERED = "filtered out"
     DISABLED = "disabled"
+    OVERRIDES_FORWARD = "overrides forward"  # a subclass of a marked class with a forward of its own
+    WRONG_OUTPUT = "wrong output"  # the kernel's output shape, dtype or device is not the original's
+    NUMERICALLY_DIFFERENT = "numerically different"  # verify=True measured it outside the tolerance
     DTENSOR = "DTensor inputs"  # the kernel cannot run on these DTensor placements (kernel_fx.dtensor)
     # compile-only
     AMBIGUOUS_BINDING = "ambiguous binding"
@@ -135,7 +138,9 @@ FALLBACK_CASE = {
 # (filter_fn, a layer's kernel_condition) or disabled kernel_fx, asked for the original (autotune
 # judged the kernel slower), or a kernel runs anyway (the enclosing call's). A marked layer with no
 # mapping is an error, as in `kernels` ("No layer mapping for `X`").
-NEVER_AN_ERROR = frozenset({Reason.FILTERED, Reason.DISABLED, Reason.SLOWER_THAN_ORIGINAL, Reason.ENCLOSED})
+# A subclass that overrides a marked forward was never the marked layer: keeping its forward is no fallback.
+NEVER_AN_ERROR = frozenset({Reason.FILTERED, Reason.DISABLED, Reason.SLOWER_THAN_ORIGINAL, Reason.ENCLOSED,
+                            Reason.OVERRIDES_FORWARD})
 
 DISABLED = Rejected(Reason.DISABLED, "KERNEL_FX_DISABLE or DISABLE_KERNEL_MAPPING is set")
 FILTERED = Rejected(Reason.FILTERED, "filter_fn returned False")

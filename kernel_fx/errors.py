@@ -19,6 +19,10 @@ class MappingError(KernelFxError, ValueError):
     """A kernel mapping, device or mode given by the user is malformed."""
 
 
+class ArgumentTypeError(KernelFxError, TypeError):
+    """An argument of a kernel_fx function has a type it does not take (e.g. a model that is no `nn.Module`)."""
+
+
 class SettingError(KernelFxError, ValueError):
     """An environment variable that steers kernel_fx (`KERNEL_FX_DISABLE`, `DISABLE_KERNEL_MAPPING`) has a value it cannot read."""
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Reason, Rejected, raise_unless_allowed
 from .devices import Device, device_index
-from .errors import KernelFxError, MappingError
+from .errors import ArgumentTypeError, KernelFxError, MappingError
 from .forwards import CONDITIONS, Condition, installed_forward, make_forward
 from .hub_forwards import release_hub_forwards
 from .layers import extensible_modules, hub_function_hosts, layer_name_of, mark_hub_classes
@@ -60,6 +60,7 @@ def kernelize(
     `kernel_condition` and `filter_fn` skip sites; `KERNEL_FX_DISABLE` or `DISABLE_KERNEL_MAPPING`
     restores every original forward.
     """
+    _check_arguments(model, needs_torch_compile, filter_fn)
     allowed = _allowed_fallbacks(use_fallback)
     if mode is not None:
         check_kernelize_mode(mode)
@@ -67,8 +68,8 @@ def kernelize(
             mode = mode | Mode.TORCH_COMPILE
     if device is None:
         device = model_device(model)
-    target = Device.parse(device)
-    planner = Planner(target, device_index(device), conditions=(Condition.static(mode),) if mode is not None else CONDITIONS,
+    target, index = _parse_device(device)
+    planner = Planner(target, index, conditions=(Condition.static(mode),) if mode is not None else CONDITIONS,
                       compile_only=mode is None and needs_torch_compile)
     disabled = disabled_by()
     mark_hub_classes()  # so a later torch.compile(backend="hubkernels") binds their calls exactly
@@ -126,6 +127,33 @@ def _enclosed(planner: Planner, module: nn.Module, layer_name: str, site: SitePl
     if outer is None and all(plan.kernel is not None for plan in site.plans.values()):
         always_kernel[path] = layer_name
     return site
+
+
+def _check_arguments(model: object, needs_torch_compile: object, filter_fn: object) -> None:
+    """kernelize's arguments, checked before anything changes (a string "False" is not False)."""
+    if not isinstance(model, nn.Module):
+        raise ArgumentTypeError(f"kernelize(model={model!r}) needs a torch.nn.Module, got a {type(model).__name__}.")
+    if not isinstance(needs_torch_compile, bool):
+        raise MappingError(f"kernelize(needs_torch_compile={needs_torch_compile!r}) must be True or False.")
+    if filter_fn is not None and not callable(filter_fn):
+        raise ArgumentTypeError(
+            f"kernelize(filter_fn={filter_fn!r}) must be None or a function (module, path) -> bool, got a {type(filter_fn).__name__}."
+        )
+
+
+def _parse_device(device: object) -> tuple[Device, int | None]:
+    """The mapping device and index of kernelize's `device=` ("cuda", "cuda:1", a torch.device)."""
+    target = Device.parse(device)  # type: ignore[arg-type]
+    try:
+        index = device_index(device)  # type: ignore[arg-type]
+    except ValueError:
+        raise MappingError(
+            f"kernelize(device={device!r}): the index after ':' must be a number; use e.g. '{target.type}', "
+            f"'{target.type}:0' or a torch.device."
+        ) from None
+    if index is not None and index < 0:
+        raise MappingError(f"kernelize(device={device!r}): the device index must be 0 or more.")
+    return target, index
 
 
 def _allowed_fallbacks(use_fallback: object) -> KernelizeFallback | None:

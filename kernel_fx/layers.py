@@ -339,6 +339,34 @@ def layer_name_of(module: nn.Module) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def forward_override(cls: type) -> tuple[type, type] | None:
+    """`(subclass, marked class)` when `cls` inherits its layer name from a marked class but a
+    class below that one defines its own `forward`; None when the forward is the marked one.
+
+    Such a subclass computes something else under the inherited name, so no path gives it the
+    marked layer's kernel unless it is marked itself.
+
+    >>> from torch import nn
+    >>> @use_kernel_forward_from_hub("Double")
+    ... class Double(nn.Module):
+    ...     def forward(self, x):
+    ...         return 2 * x
+    >>> class Triple(Double):
+    ...     def forward(self, x):
+    ...         return 3 * x
+    >>> class Quiet(Double):
+    ...     pass
+    >>> [c.__name__ for c in forward_override(Triple)], forward_override(Quiet), forward_override(Double)
+    (['Triple', 'Double'], None, None)
+    """
+    mro = getattr(cls, "__mro__", ())
+    named = next((c for c in mro if LAYER_NAME_ATTR in vars(c)), None)
+    own = next((c for c in mro if "forward" in vars(c)), None)
+    if named is None or own is None or own is named or not issubclass(own, named):
+        return None
+    return own, named
+
+
 def original_signature(module: nn.Module) -> inspect.Signature:
     """The signature (with `self`) of the forward a kernel replaces on `module`."""
     if isinstance(module, FunctionLayer):

@@ -36,7 +36,7 @@ from .devices import Device, read_capability
 from .errors import KernelFallbackWarning
 from .forwards import CONDITIONS, Condition, ForwardPlan, original_forward, plan_forward
 from .hub.errors import LockfileError
-from .layers import condition_allows, condition_of, original_signature
+from .layers import condition_allows, condition_of, forward_override, original_signature
 from .mapping import Choice, resolve
 from .modes import Mode
 from .repos import AnyRepository, load_layer
@@ -101,6 +101,9 @@ class Planner:
     def site(self, module: nn.Module, layer_name: str) -> SitePlan:
         """Plans, decisions and forward of a site; sites of one class share them (a layer's
         `kernel_condition` is asked first, per instance)."""
+        overridden = overrides_forward(type(module), layer_name)
+        if overridden is not None:
+            return self.skipped(module, layer_name, overridden)
         if not condition_allows(module):
             return self.skipped(module, layer_name, CONDITION_FALSE)
         original = original_forward(module)
@@ -122,6 +125,9 @@ class Planner:
 
     def plan(self, module: nn.Module, layer_name: str, condition: Condition) -> KernelPlan:
         """What runs at a site of `module` under one `condition` (the graph paths' question)."""
+        overridden = overrides_forward(type(module), layer_name)
+        if overridden is not None:
+            return KernelPlan(None, None, overridden)
         if not condition_allows(module):
             return KernelPlan(None, None, CONDITION_FALSE)
         return self._plan(module, layer_name, original_forward(module), condition)
@@ -131,6 +137,9 @@ class Planner:
 
         A class with a `kernel_condition` keeps its original here: the condition is asked of an
         instance, and a choice made while dynamo traces has none."""
+        overridden = overrides_forward(cls, layer_name)
+        if overridden is not None:
+            return KernelPlan(None, None, overridden)
         if condition_of(cls) is not None:
             return KernelPlan(None, None, Rejected(
                 Reason.FILTERED, f"{cls.__name__} has a kernel_condition, which needs the module; this call was decided while dynamo traced"))
@@ -193,6 +202,18 @@ class Planner:
                 logger.warning("kernel_fx: could not load %s: %s", repository_label(repo), exc)
                 self._loaded[repo] = exc
         return self._loaded[repo]
+
+
+def overrides_forward(cls: type, layer_name: str) -> Rejected | None:
+    """Why a subclass of a marked class keeps its own forward (it computes something else under the
+    inherited name), or None. Every path asks this first, so eager and compiled runs agree."""
+    found = forward_override(cls)
+    if found is None:
+        return None
+    sub, marked = found
+    return Rejected(Reason.OVERRIDES_FORWARD,
+                    f"{sub.__name__} overrides the forward of {marked.__name__}, which is marked {layer_name!r}; "
+                    f"mark {sub.__name__} itself to give it a kernel")
 
 
 # -- decisions ------------------------------------------------------------------------------------

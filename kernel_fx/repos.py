@@ -305,7 +305,12 @@ def load_layer(repo: AnyRepository, backend: str) -> type[nn.Module]:
 
 
 def check_repository(repo: object, where: str) -> None:
-    """Raise unless `repo` is a hashable object with a `.load()`."""
+    """Raise unless `repo` is a hashable object with a `.load()` (an instance, not a repository class)."""
+    if isinstance(repo, type):
+        raise MappingError(
+            f"Mapping value {repo.__name__} for {where} is a repository class, not a repository; use an instance "
+            f"such as {repo.__name__}(..., layer_name='...')."
+        )
     if not callable(getattr(repo, "load", None)):
         raise MappingError(
             f"Mapping value {repo!r} for {where} is not a repository; use LayerRepository, "
