@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .decisions import Decision, KernelizeFallback, Outcome, Reason, Rejected
+from .decisions import Decision, KernelizeFallback, Measured, Outcome, Reason, Rejected
 from .defaults import default_mapping
 from .devices import CUDAProperties, Device, ROCMProperties
 from .errors import (
@@ -36,6 +36,7 @@ from .repos import (
     LockedFuncRepository,
     LockedLayerRepository,
 )
+from .verification import Tolerance, Verify
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,7 @@ __all__ = [
     "KernelValidationError",
     "KernelizeError",
     "KernelizeFallback",
+    "Measured",
     "KernelizedFunc",
     "KernelizedLayer",
     "KernelizedLayers",
@@ -78,6 +80,8 @@ __all__ = [
     "Outcome",
     "ROCMProperties",
     "Reason",
+    "Tolerance",
+    "Verify",
     "Rejected",
     "Report",
     "SettingError",

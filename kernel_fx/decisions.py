@@ -74,6 +74,39 @@ class Rejected:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """How far a kernel's output was from the original's, measured by `verify=True` on one input
+    signature: `max_abs` is the largest |kernel - reference|, `worst` the largest
+    |kernel - reference| / (atol + rtol * |reference|), so the kernel is within tolerance when
+    `worst` <= 1. `reference` names the dtype the original ran in (float64 where it could).
+
+    >>> m = Measured(2.4e-07, 0.02, "float64", 1e-05, 1e-05, "float32[2, 8]")
+    >>> m.within, str(m)
+    (True, 'max |err| 2.4e-07 vs original in float64 (0.02x tolerance rtol=1e-05 atol=1e-05) for inputs float32[2, 8]')
+    """
+
+    max_abs: float
+    worst: float
+    reference: str
+    rtol: float
+    atol: float
+    inputs: str = ""
+
+    @property
+    def within(self) -> bool:
+        return self.worst <= 1.0
+
+    def short(self) -> str:
+        """The figures for a report table cell: `2.4e-07 (0.02x tol)`."""
+        return f"{self.max_abs:.2g} ({self.worst:.2g}x tol)"
+
+    def __str__(self) -> str:
+        text = (f"max |err| {self.max_abs:.2g} vs original in {self.reference} "
+                f"({self.worst:.2g}x tolerance rtol={self.rtol:g} atol={self.atol:g})")
+        return text + (f" for inputs {self.inputs}" if self.inputs else "")
+
+
+@dataclass(frozen=True)
 class Decision:
     """One site's outcome. `mode` names the conditions it covers, e.g. "INFERENCE" or "TRAINING"."""
 
@@ -89,6 +122,7 @@ class Decision:
     unpinned: bool = False
     call_index: int | None = None
     path_kind: str = "eager"
+    measured: Measured | None = None  # verify=True: the kernel's measured error on the site's inputs
 
     @property
     def uses_kernel(self) -> bool:

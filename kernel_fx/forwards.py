@@ -7,6 +7,15 @@ original runs. It lives in the
 instance `__dict__`, so the class and every other instance stay untouched, and it survives
 `copy.deepcopy` and pickling (kernels are reloaded from their repositories, loudly falling back
 to the original forward when they cannot be).
+
+The first call of each input signature (shapes, dtypes, devices, plain values) through a kernel is
+checked (`CallChecks`): the kernel's output must have the original's structure, shapes, dtypes
+and devices (found by running the original on fake tensors: no compute), and with
+`kernelize(..., verify=True)` its numbers must match the original's, run on copies of the inputs
+in float64 where it can be, within the tolerance (see `kernel_fx.verification`). A kernel that
+fails keeps the original for that signature, with a warning and a `Finding` the report shows (or
+`KernelizeError` under `use_fallback=False`). Later calls of a checked signature cost one
+signature look-up; verify's extra cost is one run of the original per signature and site.
 """
 
 from __future__ import annotations
@@ -19,8 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .decisions import KernelizeFallback, Measured, Reason, Rejected, raise_unless_allowed
 from .dtensor import guard
+from .errors import KernelFallbackWarning
 from .modes import Mode
+from .verification import Verify, call_signature, describe, expected_output, in_reference_run, measure, output_problem, reference_output
 
 ForwardFn = Callable[..., Any]  # called as fn(module, *args, **kwargs)
 
@@ -98,9 +110,34 @@ def plan_forward(original: ForwardFn, by_condition: dict) -> ForwardPlan:
     return ForwardPlan(_forward_class(table), table, repos)
 
 
-def make_forward(module: nn.Module, plan: ForwardPlan, backend: str) -> KernelForward:
+@dataclass(frozen=True)
+class CallChecks:
+    """What an installed forward checks on the first call of each input signature: always the
+    output's structure, shapes, dtypes and devices; with `verify` its numbers too. `allowed` is
+    kernelize's `use_fallback` as fallbacks allowed (None: all; else a failed check raises)."""
+
+    verify: Verify | None = None
+    allowed: KernelizeFallback | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What the check of one input signature found at a site: `rejected` when the kernel was set
+    aside for such calls, `measured` with verify=True. `index` is the condition's table index."""
+
+    index: int
+    inputs: str
+    rejected: Rejected | None
+    measured: Measured | None = None
+
+    @property
+    def condition(self) -> Condition:
+        return Condition(bool(self.index % 2), self.index >= 2)
+
+
+def make_forward(module: nn.Module, plan: ForwardPlan, backend: str, checks: CallChecks | None = None) -> KernelForward:
     """The forward to install on `module` (whose own previous forward, if any, the plan wraps)."""
-    return plan.cls(module, plan.table, plan.repos, backend, _previous_forward(module))
+    return plan.cls(module, plan.table, plan.repos, backend, _previous_forward(module), checks or CallChecks())
 
 
 def _forward_class(table: tuple) -> type[KernelForward]:
@@ -116,12 +153,17 @@ def _forward_class(table: tuple) -> type[KernelForward]:
 class KernelForward:
     """Base of the installed forwards; subclasses differ only in how much they check per call."""
 
-    def __init__(self, module: nn.Module, table: tuple, repos: tuple, backend: str, previous: Any) -> None:
+    def __init__(self, module: nn.Module, table: tuple, repos: tuple, backend: str, previous: Any,
+                 checks: CallChecks | None = None) -> None:
         self.module = module
         self.table = table
         self.repos = repos
         self.backend = backend
         self.previous = previous
+        self.checks = checks or CallChecks()
+        self.original = _as_method(previous, module)
+        self.findings: list[Finding] = []
+        self._verdicts: dict[tuple, bool] = {}  # (table index, call signature) -> the kernel passed its checks
         self.fn = table[0]
         # whose `training` flag decides: the module's own, or (for `kernels`' per-instance function
         # modules, which `model.eval()` never reaches) the host module's
@@ -133,6 +175,45 @@ class KernelForward:
         # `kernels`' function modules route calls through `module.forward.__func__(caller, ...)`,
         # where the caller is the shared global function module: run this instance's choice.
         self.__func__ = as_function
+
+    def run(self, index: int, args: tuple, kwargs: dict) -> Any:
+        """Run the forward of condition `index`; a kernel's first call per input signature is checked."""
+        fn = self.table[index]
+        if self.repos[index] is None or _is_compiling():
+            return fn(self.module, *args, **kwargs)
+        if in_reference_run():  # the enclosing layer's original runs as a reference: no kernels inside
+            return self.original(self.module, *args, **kwargs)
+        key = call_signature(args, kwargs)
+        if key is None:
+            return fn(self.module, *args, **kwargs)
+        verdict = self._verdicts.get((index, key))
+        if verdict is None:
+            return self._first_call(index, key, args, kwargs)
+        return (fn if verdict else self.original)(self.module, *args, **kwargs)
+
+    def _first_call(self, index: int, key: tuple, args: tuple, kwargs: dict) -> Any:
+        module, verify = self.module, self.checks.verify
+        inputs = describe(args, kwargs)
+        expected = expected_output(self.original, module, args, kwargs)  # before the kernel may write its inputs
+        reference = reference_output(self.original, module, args, kwargs, verify) if verify is not None and expected is not None else None
+        out = self.table[index](module, *args, **kwargs)
+        problem = output_problem(expected, out) if expected is not None else None
+        rejected, measured = None, None
+        if problem is not None:
+            rejected = Rejected(Reason.WRONG_OUTPUT, f"for inputs {inputs}: {problem}")
+        elif reference is not None:
+            measured = measure(out, reference[0], verify, inputs, reference[1])  # type: ignore[arg-type]
+            if not measured.within:
+                rejected = Rejected(Reason.NUMERICALLY_DIFFERENT, str(measured))
+        self.findings.append(Finding(index, inputs, rejected, measured))
+        self._verdicts[(index, key)] = rejected is None
+        if rejected is None:
+            return out
+        where = f"{type(module).__name__} with the kernel from {self.repos[index]!r}"
+        if self.checks.allowed is not None:
+            raise_unless_allowed(rejected, where, "Pass use_fallback=True to keep the original forward.", self.checks.allowed)
+        warnings.warn(f"kernel_fx: {where}: {rejected}; the original forward runs for such inputs.", KernelFallbackWarning, stacklevel=3)
+        return self.original(module, *args, **kwargs)
 
     def install(self) -> None:
         vars(self.module)["forward"] = self
@@ -147,11 +228,11 @@ class KernelForward:
         import copy
 
         module = copy.deepcopy(self.module, memo)
-        return type(self)(module, self.table, self.repos, self.backend, copy.deepcopy(self.previous, memo))
+        return type(self)(module, self.table, self.repos, self.backend, copy.deepcopy(self.previous, memo), self.checks)
 
     def __reduce__(self) -> tuple:
         # Pickle the repositories, not the kernel functions: a fresh process reloads them.
-        return (_rebuild, (self.module, self.repos, self.backend, self.previous))
+        return (_rebuild, (self.module, self.repos, self.backend, self.previous, self.checks))
 
     def __repr__(self) -> str:
         return f"<kernel_fx forward of {type(self.module).__name__}: {type(self).__name__}>"
@@ -161,14 +242,14 @@ class StaticForward(KernelForward):
     """The same forward under every condition: no checks per call."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(self.module, *args, **kwargs)
+        return self.run(0, args, kwargs)
 
 
 class CompileCheckingForward(KernelForward):
     """A kernel that must not run while torch.compile traces (can_torch_compile = False)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.table[2 if _is_compiling() else 0](self.module, *args, **kwargs)
+        return self.run(2 if _is_compiling() else 0, args, kwargs)
 
 
 class DynamicForward(KernelForward):
@@ -177,7 +258,7 @@ class DynamicForward(KernelForward):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         module = self.module
         grad = self.owner.training or (_grad_enabled() and needs_grad(module, args, kwargs))
-        return self.table[grad + (2 if _is_compiling() else 0)](module, *args, **kwargs)
+        return self.run(grad + (2 if _is_compiling() else 0), args, kwargs)
 
 
 def needs_grad(module: nn.Module, args: tuple, kwargs: dict) -> bool:
@@ -192,7 +273,7 @@ def needs_grad(module: nn.Module, args: tuple, kwargs: dict) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
-def _rebuild(module: nn.Module, repos: tuple, backend: str, previous: Any) -> KernelForward:
+def _rebuild(module: nn.Module, repos: tuple, backend: str, previous: Any, checks: CallChecks | None = None) -> KernelForward:
     from .repos import load_layer
 
     original = _as_method(previous, module)
@@ -212,4 +293,4 @@ def _rebuild(module: nn.Module, repos: tuple, backend: str, previous: Any) -> Ke
             )
             table.append(original)
     table_t = tuple(table)
-    return _forward_class(table_t)(module, table_t, repos, backend, previous)
+    return _forward_class(table_t)(module, table_t, repos, backend, previous, checks)

@@ -15,22 +15,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Reason, Rejected, raise_unless_allowed
+from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Outcome, Reason, Rejected, raise_unless_allowed
 from .devices import Device, device_index
 from .errors import ArgumentTypeError, KernelFxError, MappingError
-from .forwards import CONDITIONS, Condition, installed_forward, make_forward
+from .forwards import CONDITIONS, CallChecks, Condition, Finding, installed_forward, make_forward
 from .hub_forwards import release_hub_forwards
 from .layers import extensible_modules, hub_function_hosts, layer_name_of, mark_hub_classes
 from .modes import Mode, check_kernelize_mode
 from .planner import KernelPlan, Planner, SitePlan
 from .report import Report
 from .switches import disabled_by
+from .verification import Verify
 
 SITES_ATTR = "_kernel_fx_sites"
 NOTES_ATTR = "_kernel_fx_notes"
@@ -45,6 +47,7 @@ def kernelize(
     needs_torch_compile: bool = False,
     use_fallback: bool | KernelizeFallback = True,
     filter_fn: FilterFn | None = None,
+    verify: bool | Verify | Mapping[Any, Any] = False,
 ) -> nn.Module:
     """Replace, in place, the forward of every extensible module that has a kernel; return `model`.
 
@@ -59,9 +62,33 @@ def kernelize(
     `KernelizeFallback.DEFAULT`: missing mappings, but not kernels that fail to load). A layer's
     `kernel_condition` and `filter_fn` skip sites; `KERNEL_FX_DISABLE` or `DISABLE_KERNEL_MAPPING`
     restores every original forward.
+
+    The first call of each input signature through a kernel checks its output's structure,
+    shapes, dtypes and devices against the original's (run on fake tensors: no compute); a kernel
+    that fails keeps the original for such calls, with a warning and reason "wrong output" in the
+    report. `verify=True` (or a dict of tolerances `{torch.bfloat16: (rtol, atol)}`, or a
+    `kernel_fx.Verify`) also runs the original, on copies of those inputs and in float64 where it
+    can, and keeps the kernel only within the tolerance (reason "numerically different"
+    otherwise); the measured error is in the report. Its cost: one extra run of the original
+    (in float64) per site and input signature, on the first such call only.
+
+    >>> import torch
+    >>> from kernel_fx.kernels import bundled_repo_path
+    >>> from kernel_fx.demo.model import RMSNorm
+    >>> from kernel_fx import LocalLayerRepository, use_kernel_mapping
+    >>> repo = LocalLayerRepository(bundled_repo_path(), layer_name="RMSNorm")
+    >>> model = nn.Sequential(RMSNorm(8))
+    >>> with use_kernel_mapping({"RMSNorm": {"cpu": repo}}):
+    ...     _ = kernelize(model, device="cpu", mode=Mode.INFERENCE, verify=True)
+    >>> with torch.no_grad():
+    ...     _ = model(torch.randn(2, 8))
+    >>> decision = report(model).decisions[0]
+    >>> decision.outcome.value, decision.measured.reference, decision.measured.within
+    ('kernel', 'float64', True)
     """
     _check_arguments(model, needs_torch_compile, filter_fn)
     allowed = _allowed_fallbacks(use_fallback)
+    checks = CallChecks(Verify.of(verify), allowed)
     if mode is not None:
         check_kernelize_mode(mode)
         if needs_torch_compile:
@@ -90,7 +117,7 @@ def kernelize(
         if allowed is not None:
             _raise_on_fallback(path, layer_name, target, mode, site.plans, needs_torch_compile, allowed)
         plans.append((path, module, site))
-    sites = [_install(path, module, site, planner.backend, hosts.get(id(module))) for path, module, site in plans]
+    sites = [_install(path, module, site, planner.backend, hosts.get(id(module)), checks) for path, module, site in plans]
     setattr(model, SITES_ATTR, sites)
     setattr(model, NOTES_ATTR, released)
     return model
@@ -112,7 +139,33 @@ def report(model: nn.Module) -> Report:
     sites = vars(model).get(SITES_ATTR)
     if sites is None:
         raise KernelFxError(f"{type(model).__name__} has not been kernelized; call kernel_fx.kernelize(model) first.")
-    return Report([replace(d, path=path) for path, decisions in sites for d in decisions], notes=list(vars(model).get(NOTES_ATTR, ())))
+    modules = dict(extensible_modules(model))
+    decisions = []
+    for path, planned in sites:
+        forward = installed_forward(modules[path]) if path in modules else None
+        findings = forward.findings if forward is not None else []
+        decisions += [replace(d, path=path) for d in with_findings(planned, findings)]
+    return Report(decisions, notes=list(vars(model).get(NOTES_ATTR, ())))
+
+
+def with_findings(decisions: tuple[Decision, ...], findings: list[Finding]) -> list[Decision]:
+    """A site's planned decisions with what the checks of its calls found: per checked input
+    signature, the kernel's decision with its measured error, or the original with the reason."""
+    if not findings:
+        return list(decisions)
+    kernels = [d for d in decisions if d.outcome is not Outcome.ORIGINAL]
+    result = []
+    for d in decisions:
+        mine = [f for f in findings if d in kernels and (len(kernels) == 1 or _covers(d, f.condition))]
+        result += [d] if not mine else [
+            replace(d, outcome=Outcome.ORIGINAL if f.rejected else d.outcome, rejected=f.rejected, measured=f.measured)
+            for f in mine
+        ]
+    return result
+
+
+def _covers(decision: Decision, condition: Condition) -> bool:
+    return decision.mode == "any" or str(condition.mode) in decision.mode.split(", ")
 
 
 def _enclosed(planner: Planner, module: nn.Module, layer_name: str, site: SitePlan, path: str,
@@ -177,14 +230,16 @@ def _raise_on_fallback(path: str, layer_name: str, device: Device, mode: Mode | 
 # -- installing -------------------------------------------------------------------------------
 
 
-def _install(path: str, module: nn.Module, site: SitePlan, backend: str, host: nn.Module | None) -> tuple[str, tuple[Decision, ...]]:
+def _install(path: str, module: nn.Module, site: SitePlan, backend: str, host: nn.Module | None,
+             checks: CallChecks) -> tuple[str, tuple[Decision, ...]]:
     previous = installed_forward(module)
     if previous is not None:
-        if site.forward is not None and previous.table == site.forward.table and previous.backend == backend:
+        if (site.forward is not None and previous.table == site.forward.table and previous.backend == backend
+                and previous.checks == checks):
             return path, site.decisions  # a repeated kernelize: the same forward is already there
         previous.uninstall()  # kernelize is idempotent: always start from the original forward
     if site.forward is not None:
-        forward = make_forward(module, site.forward, backend)
+        forward = make_forward(module, site.forward, backend, checks)
         forward.owner = host if host is not None else module
         forward.install()
     return path, site.decisions

@@ -80,7 +80,11 @@ class Report:
             for d in self.decisions
         ]
         headers = ["site", "layer", "class", "device", "mode", "runs", "repository", "variant", "reason"]
-        return tabulate(rows, headers=headers, tablefmt=tablefmt, maxcolwidths=[None] * 8 + [70])
+        if any(d.measured is not None for d in self.decisions):  # verify=True: the measured error, before the reason
+            for row, d in zip(rows, self.decisions):
+                row.insert(8, "-" if d.measured is None else d.measured.short())
+            headers.insert(8, "error (verify)")
+        return tabulate(rows, headers=headers, tablefmt=tablefmt, maxcolwidths=[None] * (len(headers) - 1) + [70])
 
     def render(self, fmt: str = "text", *, max_diff_lines: int = 12) -> str:
         """The whole report: decisions, then each compiled graph's op counts and site diffs.
