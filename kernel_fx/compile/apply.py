@@ -70,8 +70,18 @@ def _insert_call(graph: fx.Graph, sub: Substitution, inputs: list[fx.Node]) -> l
     if sub.how is SubstitutionKind.CALL:
         call = graph.call_function(KernelCall(sub.forward, sub.spec, f"kernel_fx_{site.layer_name}"), tuple(inputs))
     else:
-        site_id = opaque.register(opaque.OpaqueSite(sub.forward, sub.original, sub.spec), site.layer_name)
-        call = graph.call_function(torch.ops.kernel_fx.opaque_kernel.default, (site_id, inputs))
+        entry = opaque.OpaqueSite(sub.forward, sub.original, sub.spec, sub.written, site.needs_grad, sub.effects_known)
+        site_id = opaque.register(entry, site.layer_name)
+        if sub.written:  # declared, so functionalization orders every read of them around the call
+            read = [n for i, n in enumerate(inputs) if i not in sub.written]
+            written = [n for i, n in enumerate(inputs) if i in sub.written]
+            examples = tuple(example_value(o) for o in _output_values(site))
+            call = graph.call_function(opaque.writing_op(len(examples)), (site_id, read, written))
+            if len(examples) == 1:  # this op returns one tensor as itself, not in a list
+                call.meta["example_value"] = examples[0]
+                return [call]
+        else:
+            call = graph.call_function(torch.ops.kernel_fx.opaque_kernel.default, (site_id, inputs))
     examples = tuple(example_value(o) for o in _output_values(site))
     call.meta["example_value"] = examples
     outs = []

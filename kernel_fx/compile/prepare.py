@@ -9,13 +9,16 @@ A substitution is one of three kinds (`SubstitutionKind`):
 - CALL: one node calling the kernel's forward (a `KernelCall`); AOTAutograd traces through it
   with autograd and autocast on. For sites where autograd records, or inside autocast.
 - OPAQUE: the kernel could not be traced (or has `can_torch_compile = False`): one
-  `kernel_fx::opaque_kernel` op whose output metadata comes from the original forward.
+  `kernel_fx::opaque_kernel` op whose output metadata comes from the original forward. What the
+  op cannot express is refused here (see `opaque.py`): an output aliasing an input that is
+  written later, and any write when autograd records (its backward re-runs the kernel).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,6 +29,7 @@ from torch import fx, nn
 from ..decisions import Reason, Rejected
 from ..dtensor import NATIVE, dtensor_mode, is_dtensor, run_local
 from ..graph_records import SubstitutionKind
+from . import opaque
 from .sites import Site, example_value
 from .standin import CallSpec, InputRef, ModuleTemplate, named_tensors, standin_tensors
 
@@ -42,6 +46,8 @@ class Substitution:
     original: Callable[..., Any]
     traced: fx.GraphModule | None = None
     why_opaque: Rejected | None = None
+    written: tuple[int, ...] = ()  # OPAQUE: the input slots the kernel writes in place
+    effects_known: bool = True  # OPAQUE: found on fake values (else checked on the first real call)
 
 
 class TraceCache:
@@ -87,10 +93,10 @@ def prepare(site: Site, kernel: type[nn.Module], original: Callable[..., Any], c
             return substitution(SubstitutionKind.CALL)
         return replace(substitution(SubstitutionKind.CALL), forward=functools.partial(_on_local_shards, kernel.forward))
     if not getattr(kernel, "can_torch_compile", False):
-        return _opaque(substitution, inputs, Rejected(Reason.NOT_TRACEABLE, "kernel has can_torch_compile = False; it runs as one opaque op"))
+        return _opaque(site, spec, substitution, inputs, Rejected(Reason.NOT_TRACEABLE, "kernel has can_torch_compile = False; it runs as one opaque op"))
     traced = cache.trace(kernel.forward, spec, [example_value(n) for n in inputs])
     if isinstance(traced, Exception):
-        return _opaque(substitution, inputs, Rejected(
+        return _opaque(site, spec, substitution, inputs, Rejected(
             Reason.NOT_TRACEABLE, f"tracing the kernel failed ({type(traced).__name__}: {first_line(traced)}); it runs as one opaque op"))
     has_constants = any(n.op == "get_attr" for n in traced.graph.nodes)
     if site.needs_grad or site.context.autocast or has_constants:
@@ -102,11 +108,81 @@ def _on_local_shards(kernel_forward: Callable[..., Any], this: Any, *args: Any, 
     return run_local(kernel_forward, this, standin_tensors(this), args, kwargs)
 
 
-def _opaque(substitution: Callable[..., Substitution], inputs: list[fx.Node], why: Rejected) -> Substitution | Rejected:
+def _opaque(site: Site, spec: CallSpec, substitution: Callable[..., Substitution], inputs: list[fx.Node],
+            why: Rejected) -> Substitution | Rejected:
+    """The opaque op, unless the kernel does what it cannot express (issue 14, findings 1-4)."""
     scalars = [n for n in inputs if not isinstance(example_value(n), torch.Tensor)]
     if scalars:
         return Rejected(Reason.NOT_TRACEABLE, f"{why.detail}, but an opaque op cannot take the symbolic value {scalars[0].name}")
-    return substitution(SubstitutionKind.OPAQUE, why_opaque=why)
+    sub = substitution(SubstitutionKind.OPAQUE, why_opaque=why)
+    examples = [example_value(n) for n in inputs]
+    try:  # what the op's fake implementation will do under AOTAutograd: fail here, not there
+        opaque.fake_outputs(sub.original, spec, examples)
+    except Exception as exc:  # noqa: BLE001 - any failure: the site keeps its original
+        return Rejected(Reason.OPAQUE_NO_METADATA, f"{why.detail}, but the original forward did not run on fake tensors "
+                        f"for the op's output metadata ({type(exc).__name__}: {first_line(exc)})")
+    effects = opaque.effects_on_fakes(sub.forward, spec, examples)
+    outputs = [example_value(v) for v in _returned(site)]
+    aliased = [(j, i) for j, out in enumerate(outputs) for i, e in enumerate(examples)
+               if isinstance(out, torch.Tensor) and isinstance(e, torch.Tensor) and torch._C._is_alias_of(out, e)]
+    if isinstance(effects, Exception):
+        return _unless_written_later(site, inputs, aliased, replace(sub, effects_known=False))
+    writes = [f"its input {inputs[i].name}" for i in sorted(effects.written)] + [f"self.{name}" for name in effects.state_written]
+    if writes and site.needs_grad:
+        return Rejected(Reason.OPAQUE_SIDE_EFFECT, f"{why.detail}, but the kernel writes {', '.join(writes)} in place and "
+                        "the opaque op's backward runs the kernel's forward again, which would write twice")
+    for i in effects.written:
+        shared = [n.name for k, n in enumerate(inputs) if k != i and torch._C._is_alias_of(examples[i], examples[k])]
+        if shared:
+            return Rejected(Reason.OPAQUE_ALIASING, f"{why.detail}, but the kernel writes {inputs[i].name}, which shares "
+                            f"memory with its input {shared[0]}; an opaque op cannot declare that")
+    return _unless_written_later(site, inputs, [*aliased, *effects.aliased], replace(sub, written=tuple(sorted(effects.written))))
+
+
+def _unless_written_later(site: Site, inputs: list[fx.Node], aliased: list[tuple[int, int]], sub: Substitution) -> Substitution | Rejected:
+    """An opaque op copies an output that aliases an input: right, unless the caller writes one
+    of them afterwards (through any view), expecting the other to change too."""
+    if not aliased:
+        return sub
+    returned = [o for o in site.outputs]
+    for j, i in aliased:
+        for node in (returned[j] if j < len(returned) else None, inputs[i]):
+            if isinstance(node, fx.Node) and _written_after(site.nodes[-1], node):
+                return Rejected(Reason.OPAQUE_ALIASING, f"{sub.why_opaque.detail if sub.why_opaque else 'opaque op'}, but output "
+                                f"{j} of the call is a view of its input {inputs[i].name}, and {node.name} is written after "
+                                "the call; an opaque op returns a copy, so that write would be lost")
+    return sub
+
+
+def _returned(site: Site) -> list[Any]:
+    """The values the original call returned inside its region, one per tensor output."""
+    return list(site.nodes[-1].args[1:]) if site.marked else list(site.outputs)
+
+
+_INPLACE = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
+                      operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift,
+                      operator.imatmul, operator.setitem})
+
+
+def _written_after(last: fx.Node, value: fx.Node) -> bool:
+    """Whether a node after `last` writes `value` in place, directly or through a chain of first
+    arguments (views, getitems) — by the op's spelling: `add_`, `x[i] = v`, `+=`, `out=`, schemas."""
+    derived = {value}
+    node = last.next
+    while node.op != "root":
+        first = node.args[0] if node.args else None
+        name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+        schema = getattr(node.target, "_schema", None)
+        writes = (node.op == "call_method" and ((name.endswith("_") and not name.startswith("_")) or name.startswith("__i")
+                  or name == "__setitem__")) or (node.op == "call_function" and (
+                  node.target in _INPLACE or (name.endswith("_") and not name.startswith("_")) or node.kwargs.get("inplace") is True
+                  or (schema is not None and schema.is_mutable)))
+        if (writes and first in derived) or node.kwargs.get("out") in derived:
+            return True
+        if first in derived:
+            derived.add(node)  # a view (or any value computed from it first): conservative
+        node = node.next
+    return False
 
 
 def first_line(exc: Exception) -> str:

@@ -57,6 +57,27 @@ class ModuleTemplate:
         return cls(type(module), attrs, names, live, children)
 
 
+    def state_tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Real tensors a stand-in may hand out that are not graph values: live parameters and
+        buffers, and plain tensor attributes (`self.table = torch.ones(4)`), by dotted name."""
+        found = {prefix + k: v for k, v in self.live.items()}
+        found.update((prefix + k, v) for k, v in self.attrs.items() if isinstance(v, torch.Tensor))
+        for name, child in self.children.items():
+            found.update(child.state_tensors(f"{prefix}{name}."))
+        return found
+
+    def with_tensors(self, convert: Callable[[torch.Tensor], torch.Tensor]) -> ModuleTemplate:
+        """This template with every tensor of `state_tensors` replaced by `convert(tensor)`: the
+        fake implementation of an opaque op must see fake tensors only (issue 14, finding 4)."""
+        return ModuleTemplate(
+            self.cls,
+            {k: convert(v) if isinstance(v, torch.Tensor) else v for k, v in self.attrs.items()},
+            self.tensor_names,
+            {k: convert(v) for k, v in self.live.items()},
+            {k: c.with_tensors(convert) for k, c in self.children.items()},
+        )
+
+
 class StandIn:
     """`self` for a kernel's forward: graph values for tensors, the template for the rest."""
 
@@ -147,11 +168,13 @@ class CallSpec:
     attrs: tuple[tuple[str, int], ...]
     output_spec: Any
 
-    def bind(self, flat: tuple, strict: bool = True) -> tuple[StandIn, list[Any], dict[str, Any]]:
+    def bind(self, flat: tuple, strict: bool = True, template: ModuleTemplate | None = None) -> tuple[StandIn, list[Any], dict[str, Any]]:
+        """`self`, args and kwargs for one call on `flat`; `template` replaces the spec's own
+        (one with fake state tensors, for a run on fake values)."""
         values = {name: flat[i] for name, i in self.attrs}
         args = [_fill(a, flat) for a in self.args]
         kwargs = {k: _fill(v, flat) for k, v in self.kwargs}
-        return StandIn(self.template, values, strict), args, kwargs
+        return StandIn(template or self.template, values, strict), args, kwargs
 
     def flatten(self, out: Any) -> tuple[torch.Tensor, ...]:
         """The tensors of a forward's output, in order; raise when its structure differs."""
