@@ -31,7 +31,7 @@ from typing import Any
 
 from torch import nn
 
-from .decisions import CONDITION_FALSE, Decision, Outcome, Reason, Rejected
+from .decisions import CONDITION_FALSE, Decision, Measured, Outcome, Reason, Rejected
 from .devices import Device, read_capability
 from .errors import KernelFallbackWarning
 from .forwards import CONDITIONS, Condition, ForwardPlan, original_forward, plan_forward
@@ -221,7 +221,7 @@ def overrides_forward(cls: type, layer_name: str) -> Rejected | None:
 
 def build_decision(*, path: str, layer_name: str, module_class: str, device: str, mode: str, outcome: Outcome,
                    plan: KernelPlan | None, rejected: Rejected | None, call_index: int | None = None,
-                   path_kind: str = "eager", repository: str | None = None) -> Decision:
+                   path_kind: str = "eager", repository: str | None = None, measured: Measured | None = None) -> Decision:
     """The one way every path records a site: where the kernel came from is read off `plan`
     (only when a kernel runs); `repository` overrides it (e.g. "installed by kernelize")."""
     kernel = plan.kernel if plan is not None and outcome is not Outcome.ORIGINAL else None
@@ -232,7 +232,7 @@ def build_decision(*, path: str, layer_name: str, module_class: str, device: str
     return Decision(
         path=path, layer_name=layer_name, module_class=module_class, device=device, mode=mode, outcome=outcome,
         repository=repository, variant=source.variant if source else None, rejected=rejected,
-        unpinned=bool(getattr(repo, "unpinned", False)), call_index=call_index, path_kind=path_kind,
+        unpinned=bool(getattr(repo, "unpinned", False)), call_index=call_index, path_kind=path_kind, measured=measured,
     )
 
 

@@ -18,6 +18,11 @@ Options (`torch.compile(..., options={...})` or `HubKernelsBackend(...)`):
     autotune      True: time each distinct call with its kernel against its original region,
                   both compiled by the inner compiler on the real example inputs, and keep the
                   kernel only where it is faster (see autotune.py; the pass then takes longer)
+    verify        True (or a dict of tolerances {dtype: (rtol, atol)}, or a kernel_fx.Verify): run
+                  each distinct call's kernel against the original forward (float64 where it
+                  runs so) on the real example inputs and keep it only within the tolerance;
+                  the measured error goes in the report (see verify.py; costs one eager run of
+                  the graph, and one kernel and one original run per distinct call)
 torch.compile's own `mode=` ("max-autotune", ...) goes to inductor.
 
 A layer and a kernel for it (the bundled CPU SiluAndMul), and the graph before and after:
@@ -96,8 +101,9 @@ class HubKernelsBackend:
     _kernel_fx_hubkernels = True  # how a trace recognises this backend (see markers.py)
 
     def __init__(self, *, inner: str | Callable[..., Any] = "inductor", mode: Mode | str | None = None,
-                 device: str | torch.device | None = None, use_fallback: bool = True, autotune: bool = False) -> None:
-        self.options = Options(inner, mode, device, use_fallback, autotune)  # type: ignore[arg-type]
+                 device: str | torch.device | None = None, use_fallback: bool = True, autotune: bool = False,
+                 verify: Any = None) -> None:
+        self.options = Options(inner, mode, device, use_fallback, autotune, verify)  # type: ignore[arg-type]
         mark_hub_classes()  # classes loaded since this module was imported
         self.records: list[GraphRecord] = []
 

@@ -11,7 +11,9 @@ from ..decisions import DISABLED, Rejected
 from .autotune import faster_than_original
 from .decide import Candidate, Check, PassContext
 from .dtensor_inputs import dtensor_inputs
+from .output_check import outputs_match
 from .prepare import Substitution
+from .verify import numerically_close
 
 
 def module_found(candidate: Candidate, context: PassContext) -> Rejected | None:
@@ -47,5 +49,7 @@ DEFAULT_CHECKS: tuple[Check, ...] = (
     binds_exactly,
     dtensor_inputs,  # tensor parallel: as the kernel declares, where the placements allow
     prepares,
+    outputs_match,  # the kernel's outputs are shaped like the original's
+    numerically_close,  # only with verify=True
     faster_than_original,  # only with autotune=True
 )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import fx, nn
 
-from ..decisions import Decision, Outcome, Reason, Rejected, raise_unless_allowed
+from ..decisions import Decision, Measured, Outcome, Reason, Rejected, raise_unless_allowed
 from ..devices import Device
 from ..forwards import Condition, installed_forward, original_forward
 from ..graph_records import SubstitutionKind
@@ -68,6 +68,7 @@ class Candidate:
 
     site: Site
     context: PassContext
+    measured: Measured | None = None  # set by a check that measured the kernel (verify=True)
 
     @cached_property
     def condition(self) -> Condition:
@@ -140,11 +141,12 @@ def _decide_one(sites: Sequence[Site], i: int, replaced: set[int], context: Pass
         rejected = check(candidate, context)
         if rejected is not None:
             plan = candidate.__dict__.get("plan")  # only a plan already made: a rejection may come before one
-            return SiteDecision(_decision(site, candidate if plan is not None else None, Outcome.ORIGINAL, rejected))
+            return SiteDecision(_decision(site, candidate if plan is not None else None, Outcome.ORIGINAL, rejected,
+                                          measured=candidate.measured))
     sub = candidate.substitution
     assert isinstance(sub, Substitution)  # the `prepares` check rejected every other outcome
     outcome = Outcome.OPAQUE_KERNEL if sub.how is SubstitutionKind.OPAQUE else Outcome.KERNEL
-    return SiteDecision(_decision(site, candidate, outcome, sub.why_opaque), sub)
+    return SiteDecision(_decision(site, candidate, outcome, sub.why_opaque, measured=candidate.measured), sub)
 
 
 def _chosen_at_trace_time(candidate: Candidate, graph_paths: set[str]) -> SiteDecision:
@@ -200,7 +202,7 @@ _UNPLANNED = object()
 
 
 def _decision(site: Site, candidate: Candidate | None, outcome: Outcome, rejected: Rejected | None,
-              repository: str | None = None, plan: Any = _UNPLANNED) -> Decision:
+              repository: str | None = None, plan: Any = _UNPLANNED, measured: Measured | None = None) -> Decision:
     if plan is _UNPLANNED:
         plan = candidate.plan if candidate is not None else None
     if candidate is not None:
@@ -210,5 +212,5 @@ def _decision(site: Site, candidate: Candidate | None, outcome: Outcome, rejecte
     return build_decision(
         path=site.path, layer_name=site.layer_name, module_class=site.module_class, device=device, mode=mode,
         outcome=outcome, plan=plan, rejected=rejected, call_index=site.call_index, path_kind="compiled",
-        repository=repository,
+        repository=repository, measured=measured,
     )

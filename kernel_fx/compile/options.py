@@ -5,7 +5,7 @@
 >>> Options().updated({"innr": "eager"})
 Traceback (most recent call last):
 ...
-kernel_fx.compile.options.BackendOptionError: Unknown hubkernels option 'innr'. Known options are: autotune, device, inner, mode, use_fallback.
+kernel_fx.compile.options.BackendOptionError: Unknown hubkernels option 'innr'. Known options are: autotune, device, inner, mode, use_fallback, verify.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 from ..devices import Device
 from ..errors import KernelFxError
 from ..modes import Mode, check_kernelize_mode
+from ..verification import Verify
 
-KNOWN_OPTIONS = ("autotune", "device", "inner", "mode", "use_fallback")
+KNOWN_OPTIONS = ("autotune", "device", "inner", "mode", "use_fallback", "verify")
 
 
 class BackendOptionError(KernelFxError, ValueError):
@@ -34,6 +35,7 @@ class Options:
     device: str | None = None
     use_fallback: bool = True
     autotune: bool = False
+    verify: Any = None  # True, a dict of tolerances or a kernel_fx.Verify; kept as a Verify or None
 
     def __post_init__(self) -> None:
         if isinstance(self.inner, str):
@@ -48,6 +50,10 @@ class Options:
             raise BackendOptionError(f"hubkernels option use_fallback={self.use_fallback!r} must be True or False.")
         if not isinstance(self.autotune, bool):
             raise BackendOptionError(f"hubkernels option autotune={self.autotune!r} must be True or False.")
+        try:
+            object.__setattr__(self, "verify", Verify.of(self.verify, "hubkernels option verify"))
+        except KernelFxError as exc:
+            raise BackendOptionError(str(exc)) from None
 
     def updated(self, options: Mapping[str, Any] | None) -> Options:
         """These options with `options` (a torch.compile `options=` dict) applied on top."""
