@@ -8,6 +8,9 @@ how those paths read in a report.
 True
 >>> display_path("L['self'].layers.0.mlp"), display_path("G['model'].norm"), display_path("L['args'][0].model.norm")
 ('layers.0.mlp', 'model.norm', 'model.norm')
+>>> display_path("L['self'].layers.0.__dict__['_modules']['_checkpoint_wrapped_module']._modules['mlp']")
+'layers.0.mlp'
+
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Any
 
 _ROOT = re.compile(r"^(L|G)\['([^']+)'\]")
 _STEP = re.compile(r"\.([A-Za-z_0-9]+)|\[(\d+)\]|\['([^']+)'\]")
-_NOISE = re.compile(r"\._(?:modules|parameters|buffers)\[(['\"])([^'\"\]]+)\1\]")
+_NOISE = re.compile(r"\.(?:__dict__\[(['\"])_modules\1\]\[|_(?:modules|parameters|buffers)\[)(['\"])([^'\"\]]+)\2\]")
+# torch.distributed's checkpoint_wrapper: state dicts leave it out, and so do reports
+_CHECKPOINT_WRAPPER = "._checkpoint_wrapped_module"
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ def current_compile_id() -> str | None:
 
 def normalize_path(path: str) -> str:
     """Dynamo's source name in `nn_module_stack` spelling: `._modules['a']` -> `.a`."""
-    return _NOISE.sub(r".\2", path)
+    return _NOISE.sub(r".\3", path)
 
 
 def display_path(path: str) -> str:
@@ -137,6 +142,7 @@ def display_path(path: str) -> str:
     The compiled module itself is `L['self']`, `L['fn']` when dynamo starts in a wrapper, or
     `L['args'][0]` when a wrapper takes it positionally (transformers' output-capturing forward).
     """
+    path = normalize_path(path).replace(_CHECKPOINT_WRAPPER, "")
     match = _ROOT.match(path)
     if match is None:
         return path
