@@ -4,6 +4,7 @@
     resolve     revision or version -> commit and variant names, from the cache or the Hub
     revisions   what was asked for (`requested`) and what it pinned to (`Resolved`)
     remote      the Hub requests (through huggingface_hub) and what their failures mean
+    deadlines   a bound on every Hub call: a worker thread and a deadline (KERNEL_FX_HUB_TIMEOUT)
     cache       read-only look-ups in the huggingface_hub cache
     variants    build variant names (legacy and dotted), checked against this system, the preferred one chosen
     archs       the metadata's GPU archs against this device (check_arch)

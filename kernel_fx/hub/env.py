@@ -9,6 +9,7 @@
 | `KERNEL_FX_TRUSTED` | comma-separated owners or repo ids whose kernels may run without opt-in |
 | `HF_HUB_OFFLINE` | `1`: resolve everything from the cache, never open a connection |
 | `HF_ENDPOINT` | the Hub to talk to; read here too because huggingface_hub reads it only at import |
+| `KERNEL_FX_HUB_TIMEOUT` | seconds to wait for an answer of the Hub (default 10, or huggingface_hub's `HF_HUB_*_TIMEOUT` if larger) |
 
 `KERNEL_FX_LOCAL_KERNELS` wins for a repo named in both override variables. Zipped builds are
 unpacked under `<cache>/.kernel_fx/unzipped/` (see `archives`).
@@ -17,12 +18,20 @@ unpacked under `<cache>/.kernel_fx/unzipped/` (see `archives`).
 {'org/a': '/opt/a', 'org/b': 'C:/kernels/b', 'org/c': 'rel/c'}
 >>> {k: v.as_posix() for k, v in parse_kernels_local_kernels("org/a=/opt/a:org/b=rel/b").items()}
 {'org/a': '/opt/a', 'org/b': 'rel/b'}
+>>> parse_hub_timeout("0.5")
+HubTimeout(seconds=0.5, origin='KERNEL_FX_HUB_TIMEOUT=0.5')
+>>> parse_hub_timeout("soon")
+Traceback (most recent call last):
+...
+kernel_fx.hub.errors.EnvironmentVariableError: KERNEL_FX_HUB_TIMEOUT='soon' must be a number of seconds greater than 0, such as 10 or 0.5.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EnvironmentVariableError
@@ -71,6 +80,54 @@ def endpoint_label() -> str:
     from huggingface_hub import constants
 
     return constants.ENDPOINT
+
+
+# huggingface_hub's own default request timeout (DEFAULT_REQUEST_TIMEOUT in 1.x and 2.x).
+DEFAULT_HUB_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class HubTimeout:
+    """How long to wait for the Hub to answer, and where that number came from (for messages)."""
+
+    seconds: float
+    origin: str
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds) and self.seconds > 0):
+            raise ValueError(f"HubTimeout(seconds={self.seconds!r}) must be a finite number of seconds greater than 0.")
+
+    def __str__(self) -> str:
+        return f"{self.seconds:g} s"
+
+
+def hub_timeout() -> HubTimeout:
+    """`KERNEL_FX_HUB_TIMEOUT`, else 10 s or huggingface_hub's `HF_HUB_ETAG_TIMEOUT` /
+    `HF_HUB_DOWNLOAD_TIMEOUT` (read by it at import) where one of them was set higher."""
+    value = os.environ.get("KERNEL_FX_HUB_TIMEOUT", "").strip()
+    if value:
+        return parse_hub_timeout(value)
+    from huggingface_hub import constants
+
+    theirs = {name: getattr(constants, name, None) for name in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT")}
+    name, seconds = max(((n, s) for n, s in theirs.items() if isinstance(s, (int, float)) and s > 0), key=lambda i: i[1],
+                        default=(None, 0))
+    if name is None or seconds <= DEFAULT_HUB_TIMEOUT:
+        return HubTimeout(DEFAULT_HUB_TIMEOUT, "the default; KERNEL_FX_HUB_TIMEOUT is unset")
+    return HubTimeout(float(seconds), f"huggingface_hub's {name}={seconds:g}; KERNEL_FX_HUB_TIMEOUT is unset")
+
+
+def parse_hub_timeout(value: str) -> HubTimeout:
+    """A `KERNEL_FX_HUB_TIMEOUT` value: seconds, a finite number greater than 0 (waiting forever is not offered)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise EnvironmentVariableError(
+            f"KERNEL_FX_HUB_TIMEOUT={value!r} must be a number of seconds greater than 0, such as 10 or 0.5."
+        )
+    return HubTimeout(seconds, f"KERNEL_FX_HUB_TIMEOUT={value}")
 
 
 def unpack_root() -> Path:

@@ -19,6 +19,10 @@ class HubUnreachableError(HubUnavailableError):
     """No connection to the Hub endpoint (refused, timed out, dropped)."""
 
 
+class HubTimeoutError(HubUnreachableError):
+    """The Hub accepted the connection (or never completed it) but did not answer within `KERNEL_FX_HUB_TIMEOUT`."""
+
+
 class HubServerError(HubUnavailableError):
     """The Hub answered with an HTTP error that is not "not found" (5xx, 403, ...)."""
 
@@ -56,7 +60,8 @@ class LockfileError(KernelFxError, ValueError):
 
 
 class EnvironmentVariableError(KernelLoadError, ValueError):
-    """An environment variable that steers loading (`KERNEL_FX_LOCAL_KERNELS`, `LOCAL_KERNELS`) is malformed."""
+    """An environment variable that steers loading (`KERNEL_FX_LOCAL_KERNELS`, `LOCAL_KERNELS`,
+    `KERNEL_FX_HUB_TIMEOUT`) is malformed."""
 
 
 class UnsupportedArchError(KernelLoadError, RuntimeError):

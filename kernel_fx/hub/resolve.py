@@ -4,8 +4,9 @@ Order of look-up:
 1. a full commit sha that is in the cache with a variant fitting this system: the cache, with no
    request at all (a commit never changes, so there is nothing to ask);
 2. `HF_HUB_OFFLINE=1`: the cache only (its `refs/` for branches, tags and `v<N>` versions);
-3. otherwise the Hub; when the Hub is unreachable or failing, a cached copy of the same revision
-   is used with a warning, and without one the Hub's error is raised.
+3. otherwise the Hub; when the Hub is unreachable, failing, or silent for `KERNEL_FX_HUB_TIMEOUT`
+   seconds, a cached copy of the same revision is used with a warning, and without one the Hub's
+   error is raised.
 
 The Hub requests themselves are in `remote`, imported only when needed; both share `revisions`.
 """

@@ -8,8 +8,9 @@ It speaks the endpoints huggingface_hub calls to load a kernel, with the headers
     HEAD/GET /[kernels/]<org>/<name>/resolve/<rev>/<file>       X-Repo-Commit, ETag, Range
 
 Unknown repos, revisions and files answer 404 with huggingface_hub's `X-Error-Code`. Faults can be
-injected per path: an HTTP status (`fail`) or a connection dropped halfway through a body (`drop`).
-Every request is recorded, so tests can count them.
+injected per path: an HTTP status (`fail`), a connection dropped halfway through a body (`drop`),
+no answer at all (`silence`: the request is read, the connection held open for good), or a
+body sent late (`delay`). Every request is recorded, so tests can count them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,6 +64,8 @@ class FakeHub:
         self.user_agents: list[str] = []  # the User-Agent header of each request, in order
         self.faults: list[Fault] = []
         self.hold: tuple[str, int] | None = None  # (pattern, n): file bodies wait until n HEADs of it came
+        self.silences: list[Fault] = []  # requests never answered (`status` unused)
+        self.delays: list[tuple[str, float]] = []  # (pattern, seconds): file bodies start that late
         self._lock = threading.Lock()
         self._heads = threading.Condition(self._lock)
         self._server: ThreadingHTTPServer | None = None
@@ -92,6 +96,19 @@ class FakeHub:
         """Cut the connection halfway through the next `times` file bodies whose path contains `pattern`."""
         self.faults.append(Fault(pattern, None, times))
 
+    def silence(self, pattern: str = "", method: str | None = None, times: int = 1_000_000) -> None:
+        """Accept the next `times` requests (of `method`) whose path contains `pattern` and never answer
+        them; `silence()`: a Hub that accepts every connection and says nothing.
+
+        A silenced Hub stays up after `stop()`, silent on every path, until the process exits: closing
+        its connections would wake the calls kernel_fx abandoned, and huggingface_hub's retries of
+        those (connection refused) log, and close its shared HTTP client under the next test's requests."""
+        self.silences.append(Fault(pattern, None, times, method))
+
+    def delay(self, pattern: str, seconds: float) -> None:
+        """Send the headers of file bodies whose path contains `pattern` at once, the body `seconds` later."""
+        self.delays.append((pattern, seconds))
+
     def count(self, pattern: str = "") -> int:
         """How many requests so far had `pattern` in their path."""
         with self._lock:
@@ -106,6 +123,14 @@ class FakeHub:
                     fault.times -= 1
                     return fault
         return None
+
+    def _silent(self, method: str, path: str) -> bool:
+        with self._lock:
+            for silence in self.silences:
+                if silence.times > 0 and silence.pattern in path and silence.method in (None, method):
+                    silence.times -= 1
+                    return True
+        return False
 
     def _wait_for_heads(self, filename: str) -> None:
         """Hold a file body until every expected client asked for the file: their downloads overlap."""
@@ -134,6 +159,9 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        if self.silences:  # see `silence`: stay up, and say nothing to anyone
+            self.silences.append(Fault("", None, 1_000_000))
+            self._server = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -169,6 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.requests.append((self.command, url.path))
             self.fake.user_agents.append(self.headers.get("User-Agent", ""))
             self.fake._heads.notify_all()
+        if self.fake._silent(self.command, url.path):
+            threading.Event().wait()  # never set: a daemon thread holding the connection until exit
         fault = self.fake._fault_for(self.command, url.path, body)
         if fault is not None and fault.status is not None:
             return self._send_json(fault.status, {"error": "injected fault"})
@@ -254,6 +284,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not body:
             return
         self.fake._wait_for_heads(filename)
+        for pattern, seconds in self.fake.delays:
+            if pattern in filename:
+                self.wfile.flush()
+                time.sleep(seconds)
         if fault is not None:  # drop: send half of the body, then cut the connection
             self.wfile.write(data[start:start + (len(data) - start) // 2])
             self.wfile.flush()
