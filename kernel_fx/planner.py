@@ -36,7 +36,7 @@ from .devices import Device, read_capability
 from .errors import KernelFallbackWarning
 from .forwards import CONDITIONS, Condition, ForwardPlan, original_forward, plan_forward
 from .hub.errors import LockfileError
-from .layers import condition_allows, condition_of, forward_override, original_signature
+from .layers import LAYER_NAME_ATTR, condition_allows, condition_of, forward_override, original_signature
 from .mapping import Choice, resolve
 from .modes import Mode
 from .repos import AnyRepository, load_layer
@@ -101,7 +101,7 @@ class Planner:
     def site(self, module: nn.Module, layer_name: str) -> SitePlan:
         """Plans, decisions and forward of a site; sites of one class share them (a layer's
         `kernel_condition` is asked first, per instance)."""
-        overridden = overrides_forward(type(module), layer_name)
+        overridden = overrides_forward(type(module), layer_name, module)
         if overridden is not None:
             return self.skipped(module, layer_name, overridden)
         if not condition_allows(module):
@@ -125,7 +125,7 @@ class Planner:
 
     def plan(self, module: nn.Module, layer_name: str, condition: Condition) -> KernelPlan:
         """What runs at a site of `module` under one `condition` (the graph paths' question)."""
-        overridden = overrides_forward(type(module), layer_name)
+        overridden = overrides_forward(type(module), layer_name, module)
         if overridden is not None:
             return KernelPlan(None, None, overridden)
         if not condition_allows(module):
@@ -204,9 +204,12 @@ class Planner:
         return self._loaded[repo]
 
 
-def overrides_forward(cls: type, layer_name: str) -> Rejected | None:
+def overrides_forward(cls: type, layer_name: str, module: nn.Module | None = None) -> Rejected | None:
     """Why a subclass of a marked class keeps its own forward (it computes something else under the
-    inherited name), or None. Every path asks this first, so eager and compiled runs agree."""
+    inherited name), or None. Every path asks this first, so eager and compiled runs agree. A
+    module that carries its own layer name (an instance attribute) is marked itself."""
+    if module is not None and LAYER_NAME_ATTR in vars(module):
+        return None
     found = forward_override(cls)
     if found is None:
         return None

@@ -133,7 +133,11 @@ def _leaf_key(value: Any) -> Any:
         return value
     if isinstance(value, (tuple, list)):
         return tuple(_leaf_key(v) for v in value)
-    return type(value)
+    if isinstance(value, (torch.dtype, torch.device)):
+        return value
+    # Any other object (a KV cache, ...) may be written by the original: running it beside the
+    # kernel would write it twice (or store fake tensors in it). Such calls are not checked.
+    raise _Unchecked
 
 
 class _Unchecked(Exception):
@@ -142,7 +146,8 @@ class _Unchecked(Exception):
 
 def call_signature(args: tuple, kwargs: dict) -> tuple | None:
     """What a check's verdict depends on in one call: tensor shapes, dtypes and devices, plain
-    values, other objects by type; None for calls that are not checked (tensor subclasses)."""
+    values; None for calls that are not checked (tensor subclasses, and other objects, which the
+    original may write to, such as a KV cache)."""
     try:
         return (tuple(_leaf_key(a) for a in args), tuple((k, _leaf_key(v)) for k, v in kwargs.items()) if kwargs else ())
     except _Unchecked:

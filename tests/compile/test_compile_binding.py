@@ -291,6 +291,12 @@ def test_kernelized_function_binds_exactly(mapping):
 
 def test_nested_graph_break_inside_an_unmarked_forward_is_partial(mapping):
     class HubStyleBreaking(HubStyleScale):
+        def __init__(self) -> None:
+            super().__init__()
+            # marked itself (per instance, so no wrapper is put on the class): a subclass that
+            # overrides a marked forward is otherwise not the marked layer ("overrides forward")
+            self.kernel_layer_name = "Scale"
+
         def forward(self, x):
             x = x.pow(2) + 1
             torch._dynamo.graph_break()
