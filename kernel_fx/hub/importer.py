@@ -91,7 +91,10 @@ def module_name_for(variant_dir: Path, metadata: dict, package: Package | None =
     """A module name unique to this variant directory, based on metadata `id` where present."""
     digest = hashlib.sha256(str(variant_dir).encode()).hexdigest()[:10]
     base = metadata.get("id") or f"kernel_fx_kernel_{digest}"
-    base = "".join(c if c.isalnum() or c == "_" else "_" for c in str(base))
+    # Suffixed: the `kernels` package (which transformers brings) imports a kernel under its bare
+    # id and refuses one it finds in sys.modules without its own records, so the two loaders must
+    # not share a name when one process uses both.
+    base = "".join(c if c.isalnum() or c == "_" else "_" for c in str(base)) + "__kfx"
     existing = sys.modules.get(base)
     home = package.init.parent if package is not None else variant_dir
     if existing is None or Path(getattr(existing, "__file__", "")).parent == home:

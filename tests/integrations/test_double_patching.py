@@ -26,6 +26,7 @@ def tiny_llama() -> torch.nn.Module:
 
 
 def kernelized_by_kernels(model: torch.nn.Module) -> torch.nn.Module:
+    transformers_mapping()["RMSNorm"]["cpu"].load(backend="cpu")  # both loaders import the same repo in one process
     repo = kernels.LocalLayerRepository(repo_path=bundled_repo_path(), layer_name="RMSNorm")  # the bundled repo loads in kernels too
     with kernels.use_kernel_mapping({"RMSNorm": {"cpu": repo}}):
         kernels.kernelize(model, mode=kernels.Mode.INFERENCE, device="cpu")
