@@ -198,15 +198,13 @@ def guard(kernel: type, original: Callable[..., Any]) -> Callable[..., Any]:
     One function per (kernel, original), so forwards planned alike stay identical."""
     key = (kernel, original)
     if key not in _GUARDS:
-        kernel_forward = kernel.forward
-
         def forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
             cls = _dtensor_class()
             if cls is None or not _any_dtensor(cls, module, args, kwargs):
-                return kernel_forward(module, *args, **kwargs)
+                return kernel.forward(module, *args, **kwargs)  # looked up per call, as an unguarded table would
             return dtensor_call(kernel, original, module, args, kwargs)
 
-        functools.update_wrapper(forward, kernel_forward)  # the kernel's name and module (pickled models find it)
+        functools.update_wrapper(forward, kernel.forward)  # the kernel's name and module (pickled models find it)
         _GUARDS[key] = forward
     return _GUARDS[key]
 
