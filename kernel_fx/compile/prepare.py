@@ -144,7 +144,7 @@ def _unless_written_later(site: Site, inputs: list[fx.Node], aliased: list[tuple
     of them afterwards (through any view), expecting the other to change too."""
     if not aliased:
         return sub
-    returned = [o for o in site.outputs]
+    returned = list(site.outputs)
     for j, i in aliased:
         for node in (returned[j] if j < len(returned) else None, inputs[i]):
             if isinstance(node, fx.Node) and _written_after(site.nodes[-1], node):
