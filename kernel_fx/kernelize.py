@@ -24,6 +24,7 @@ from torch import nn
 
 from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Outcome, Reason, Rejected, raise_unless_allowed
 from .devices import Device, device_index
+from .dtensor import fallbacks as dtensor_fallbacks
 from .errors import ArgumentTypeError, KernelFxError, MappingError
 from .forwards import CONDITIONS, CallChecks, Condition, Finding, installed_forward, make_forward
 from .hub_forwards import release_hub_forwards
@@ -140,11 +141,15 @@ def report(model: nn.Module) -> Report:
     if sites is None:
         raise KernelFxError(f"{type(model).__name__} has not been kernelized; call kernel_fx.kernelize(model) first.")
     modules = dict(extensible_modules(model))
+    on_dtensors = dtensor_fallbacks(model)  # kernels that kept the original on DTensor inputs, by path
     decisions = []
     for path, planned in sites:
         forward = installed_forward(modules[path]) if path in modules else None
         findings = forward.findings if forward is not None else []
-        decisions += [replace(d, path=path) for d in with_findings(planned, findings)]
+        for d in with_findings(planned, findings):
+            if path in on_dtensors and d.outcome is not Outcome.ORIGINAL:
+                d = replace(d, outcome=Outcome.ORIGINAL, rejected=on_dtensors[path])
+            decisions.append(replace(d, path=path))
     return Report(decisions, notes=list(vars(model).get(NOTES_ATTR, ())))
 
 

@@ -19,6 +19,7 @@ __all__ = ["AttentionCore", "FastGELU", "GeLU", "GeluTanh", "GemmaRMSNorm", "New
 class SiLU(nn.Module):
     has_backward = True
     can_torch_compile = True
+    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - transformers' parameter name
         return F.silu(input)
@@ -27,6 +28,7 @@ class SiLU(nn.Module):
 class GeLU(nn.Module):
     has_backward = True
     can_torch_compile = True
+    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return F.gelu(input)
@@ -35,6 +37,7 @@ class GeLU(nn.Module):
 class GeluTanh(nn.Module):
     has_backward = True
     can_torch_compile = True
+    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return F.gelu(input, approximate="tanh")
@@ -45,6 +48,7 @@ class NewGELU(nn.Module):
 
     has_backward = True
     can_torch_compile = True
+    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return F.gelu(input, approximate="tanh")
@@ -55,6 +59,7 @@ class FastGELU(nn.Module):
 
     has_backward = True
     can_torch_compile = True
+    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return F.gelu(input, approximate="tanh")
@@ -63,6 +68,7 @@ class FastGELU(nn.Module):
 class QuickGELU(nn.Module):
     has_backward = True
     can_torch_compile = True
+    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return input * torch.sigmoid(1.702 * input)
@@ -91,6 +97,7 @@ class GemmaRMSNorm(nn.Module):
 
     has_backward = True
     can_torch_compile = True
+    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = F.rms_norm(x.float(), x.shape[-1:], eps=self.eps)  # (..., H)
