@@ -19,7 +19,6 @@ __all__ = ["AttentionCore", "FastGELU", "GeLU", "GeluTanh", "GemmaRMSNorm", "New
 class SiLU(nn.Module):
     has_backward = True
     can_torch_compile = True
-    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - transformers' parameter name
         return F.silu(input)
@@ -28,7 +27,6 @@ class SiLU(nn.Module):
 class GeLU(nn.Module):
     has_backward = True
     can_torch_compile = True
-    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return F.gelu(input)
@@ -37,7 +35,6 @@ class GeLU(nn.Module):
 class GeluTanh(nn.Module):
     has_backward = True
     can_torch_compile = True
-    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return F.gelu(input, approximate="tanh")
@@ -48,7 +45,6 @@ class NewGELU(nn.Module):
 
     has_backward = True
     can_torch_compile = True
-    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return F.gelu(input, approximate="tanh")
@@ -59,7 +55,6 @@ class FastGELU(nn.Module):
 
     has_backward = True
     can_torch_compile = True
-    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return F.gelu(input, approximate="tanh")
@@ -68,7 +63,6 @@ class FastGELU(nn.Module):
 class QuickGELU(nn.Module):
     has_backward = True
     can_torch_compile = True
-    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002
         return input * torch.sigmoid(1.702 * input)
@@ -97,7 +91,6 @@ class GemmaRMSNorm(nn.Module):
 
     has_backward = True
     can_torch_compile = True
-    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = F.rms_norm(x.float(), x.shape[-1:], eps=self.eps)  # (..., H)

@@ -24,7 +24,6 @@ class RMSNorm(nn.Module):
 
     has_backward = True
     can_torch_compile = True
-    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         normed = F.rms_norm(hidden_states.float(), hidden_states.shape[-1:], eps=self.variance_epsilon)  # (..., H)
@@ -36,7 +35,6 @@ class AddRMSNorm(nn.Module):
 
     has_backward = True
     can_torch_compile = True
-    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         residual = residual + hidden_states  # (..., H), rounded to the input dtype as the reference
@@ -49,7 +47,6 @@ class SiluAndMul(nn.Module):
 
     has_backward = True
     can_torch_compile = True
-    dtensor = "native"  # row-wise torch ops: DTensor runs them as sharded as the input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = x.chunk(2, dim=-1)  # (..., d) each
