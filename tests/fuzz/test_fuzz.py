@@ -19,8 +19,18 @@ def repos(tmp_path_factory):
     return build_repos(tmp_path_factory.mktemp("fuzz_kernels"))
 
 
+@pytest.fixture(autouse=True)
+def _quiet_fallbacks():
+    """Kernels falling back at run time warn; keep that out of the output, and give the level back
+    (tests elsewhere assert on kernel_fx's warnings)."""
+    logger = logging.getLogger("kernel_fx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
 def _check(seed: int, repos, inductor: bool = False) -> None:
-    logging.getLogger("kernel_fx").setLevel(logging.ERROR)  # kernels falling back at run time warn
     case = make_case(seed, inductor=inductor)
     result = run_case(case, repos)
     assert not result.failed, f"{case}\n" + "\n".join(result.wrong + result.crashed)
