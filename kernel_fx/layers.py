@@ -320,17 +320,22 @@ def mark_hub_classes() -> int:
     compiled pass binds its calls exactly. Eager behaviour is unchanged; classes loaded later
     are marked on the next call. Returns how many classes were marked now."""
     marked = 0
+    for cls in module_classes():
+        if isinstance(vars(cls).get(LAYER_NAME_ATTR), str) and not getattr(cls.forward, MARKED_ATTR, False):
+            marked += mark_forward(cls)
+    return marked
+
+
+def module_classes() -> Iterator[type[nn.Module]]:
+    """Every loaded `nn.Module` subclass, each once (a class with several bases is reached twice)."""
     seen: set[type] = set()
     pending = list(nn.Module.__subclasses__())
     while pending:
         cls = pending.pop()
-        if cls in seen:
-            continue
-        seen.add(cls)
-        pending.extend(cls.__subclasses__())
-        if isinstance(vars(cls).get(LAYER_NAME_ATTR), str) and not getattr(cls.forward, MARKED_ATTR, False):
-            marked += mark_forward(cls)
-    return marked
+        if cls not in seen:
+            seen.add(cls)
+            pending.extend(cls.__subclasses__())
+            yield cls
 
 
 def layer_name_of(module: nn.Module) -> str | None:

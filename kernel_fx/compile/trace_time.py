@@ -25,8 +25,9 @@ from .. import markers
 from ..decisions import DISABLED, Reason, Rejected
 from ..devices import Device
 from ..forwards import Condition
+from ..layers import module_classes
 from ..planner import KernelPlan, Planner, is_disabled
-from .options import Options
+from .options import KNOWN_OPTIONS, Options
 
 _ids = itertools.count(1)
 PLANS: dict[int, KernelPlan] = {}  # plan id (carried by the enter marker) -> what the choice was
@@ -86,20 +87,15 @@ def backend_options() -> Options:
             return layer.options.updated(extra)
         kwargs = getattr(layer, "kwargs", None)
         if isinstance(kwargs, dict) and isinstance(kwargs.get("options"), dict):
-            extra = {k: v for k, v in kwargs["options"].items() if k in ("mode", "device", "use_fallback", "inner", "autotune")}
+            extra = {k: v for k, v in kwargs["options"].items() if k in KNOWN_OPTIONS}
     return Options().updated(extra)
 
 
 def _marked_class(name: str) -> type[nn.Module] | None:
     if name in markers.MARKED_CLASSES:
         return markers.MARKED_CLASSES[name]  # type: ignore[return-value]
-    pending = list(nn.Module.__subclasses__())  # a subclass that inherits a marked forward
-    while pending:
-        cls = pending.pop()
-        if markers.class_name(cls) == name:
-            return cls
-        pending.extend(cls.__subclasses__())
-    return None
+    # a subclass that inherits a marked forward
+    return next((cls for cls in module_classes() if markers.class_name(cls) == name), None)
 
 
 markers.set_trace_time_chooser(choose)
