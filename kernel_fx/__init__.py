@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .compile.backend_name import offer_backend_name
 from .decisions import Decision, KernelizeFallback, Measured, Outcome, Reason, Rejected
 from .defaults import default_mapping
 from .devices import CUDAProperties, Device, ROCMProperties
@@ -39,6 +40,9 @@ from .repos import (
 from .verification import Tolerance, Verify
 
 __version__ = "0.1.0"
+
+# `backend="hubkernels"` resolves after `import kernel_fx` also without the entry point (a source tree).
+offer_backend_name()
 
 # The compiled path loads on first use: it imports torch._dynamo, which `import kernel_fx` must not.
 _COMPILE_EXPORTS = ("HubKernelsBackend", "hubkernels", "last_compile_report")
