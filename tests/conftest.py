@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -11,6 +13,13 @@ from kernel_fx import mapping as mapping_module
 # the module name "conftest", so collecting this one after tests/compile/conftest.py is loaded fails
 # with "import file mismatch". Conftests hold no doctests: none is collected as a module.
 collect_ignore_glob = ["kernel_repos.py", "conftest.py", "*/conftest.py"]
+
+
+def pytest_configure(config):
+    # Hermetic under an ambient HF_HUB_OFFLINE=1 (machines without network set it): huggingface_hub reads
+    # it once, when imported, and the loopback-Hub tests would then run offline. Tests that want
+    # offline set it themselves; nothing has imported huggingface_hub yet.
+    os.environ.pop("HF_HUB_OFFLINE", None)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -159,15 +159,17 @@ def last_compile_report() -> Report | None:
 def _run(gm: fx.GraphModule, example_inputs: list[Any], opts: Options, index: int, compile_mode: str | None,
          frame: FrameInfo) -> GraphRecord:
     """The graph pass on `gm`; `compile_mode` is torch.compile's `mode=`, for the inner compiler."""
-    return run_pass(gm, example_inputs, opts, frame=frame, index=index, inner=_inner_name(opts.inner),
+    return run_pass(gm, example_inputs, opts, frame=frame, index=index, inner=_inner_name(opts.inner, compile_mode),
                     compile_fn=lambda g, xs: _inner_compile(opts.inner, g, xs, compile_mode))
 
 
 # -- the inner compiler ----------------------------------------------------------------------------
 
 
-def _inner_name(inner: str | Callable[..., Any]) -> str:
-    return inner if isinstance(inner, str) else getattr(inner, "__name__", repr(inner))
+def _inner_name(inner: str | Callable[..., Any], compile_mode: str | None) -> str:
+    """The inner compiler as the report names it, with torch.compile's mode where it gets one."""
+    name = inner if isinstance(inner, str) else getattr(inner, "__name__", repr(inner))
+    return f"{name} (mode={compile_mode})" if compile_mode and inner == "inductor" else name
 
 
 def _inner_compile(inner: str | Callable[..., Any], gm: fx.GraphModule, example_inputs: list[Any], mode: str | None) -> Callable[..., Any]:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..layers import layer_name_of, replace_kernel_forward_from_hub, use_kernel_forward_from_hub
+from ..layers import layer_name_of, mark_hub_classes, replace_kernel_forward_from_hub, use_kernel_forward_from_hub
 from ..repos import LocalLayerRepository
 
 if TYPE_CHECKING:
@@ -96,6 +96,10 @@ def prepare(model: nn.Module) -> Prepared:
     layer; until `kernelize` or hubkernels runs, the model computes exactly as before.
     """
     prepared = Prepared()
+    # transformers loads a family's classes when its first model is built, maybe after kernel_fx's backend
+    # (which marks the classes loaded before it): mark them now, or a string backend's first trace of this
+    # model would miss the exact call boundaries of transformers' own marks
+    mark_hub_classes()
     mlps = _mark_classes(model, "GatedMLP", _is_gated_silu_mlp, prepared.notes)
     norms = _mark_classes(model, "GemmaRMSNorm", _is_gemma_norm, prepared.notes)
     attention = _route_attention(model, prepared.notes)
@@ -193,14 +197,48 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     return core(query, key, value, attention_mask, dropout, scaling, is_causal), None
 
 
+def causal_skipping_mask(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: int = 0,
+                   attention_mask: torch.Tensor | None = None, local_size: int | None = None,
+                   allow_is_causal_skip: bool = True, **kwargs: Any) -> torch.Tensor | None:
+    """The "kernel_fx" mask: transformers' `sdpa_mask`, but a plain causal call gets no mask under
+    torch.compile too, so attention runs as one causal kernel (SDPA's `is_causal`, the bundled op).
+
+    transformers skips the mask only where `torch.compiler.is_exporting()` is False, and dynamo before
+    torch 2.13 folds that call to True while compiling anything (pytorch#176499): every compiled forward
+    then built a (B, 1, T, T) mask and ran masked attention — 3x slower on an H100 than the causal
+    kernel eagerly. Read here is the flag itself, which dynamo guards as a value. Skipped only where
+    transformers would skip eagerly without reading a tensor: no padding mask, no window, a Python offset
+    (a static cache's tensor offset needs the mask), and one query or as many queries as keys.
+
+    >>> import torch
+    >>> causal_skipping_mask(2, 5, 5) is None
+    True
+    >>> left_padded = torch.tensor([[True] * 5, [False] + [True] * 4])
+    >>> causal_skipping_mask(2, 5, 5, attention_mask=left_padded).shape
+    torch.Size([2, 1, 5, 5])
+    """
+    import torch
+    from transformers.masking_utils import sdpa_mask
+
+    exporting = getattr(torch.compiler, "_is_exporting_flag", None)
+    if exporting is None:  # a torch without the flag: ask as transformers does
+        exporting = torch.compiler.is_exporting()
+    causal_skip = (allow_is_causal_skip and not exporting and attention_mask is None and local_size is None
+                   and not isinstance(q_offset, torch.Tensor) and (q_length == 1 or q_length == kv_length))
+    if causal_skip:
+        return None
+    return sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset, attention_mask=attention_mask,
+                     local_size=local_size, allow_is_causal_skip=allow_is_causal_skip, **kwargs)
+
+
 def register_attention() -> None:
     """Register the "kernel_fx" attention implementation, and its mask function: transformers gives
     an implementation it does not know no mask at all (padding silently ignored)."""
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
     from transformers.modeling_utils import AttentionInterface
 
     AttentionInterface.register(ATTN_IMPLEMENTATION, attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, causal_skipping_mask)
 
 
 def _route_attention(model: nn.Module, notes: list[str]) -> int:
