@@ -191,7 +191,8 @@ def _decode(variant: str, base: nn.Module, device: str, batch: int, args: argpar
     weight_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     prompt = torch.randint(0, base.config.vocab_size, (batch, 16 if args.quick else 128), device=device)
     new = 8 if args.quick else 128
-    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, cache_implementation="static")
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                  cache_implementation="static")
     expected = copy.deepcopy(base).generate(prompt, disable_compile=True, **kwargs)
     graphs = counters["stats"]["unique_graphs"]
     tokens = model.generate(prompt, **kwargs, **extra)  # warm-up and compile
