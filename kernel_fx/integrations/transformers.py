@@ -203,8 +203,8 @@ def causal_skipping_mask(batch_size: int, q_length: int, kv_length: int, q_offse
     """The "kernel_fx" mask: transformers' `sdpa_mask`, but a plain causal call gets no mask under
     torch.compile too, so attention runs as one causal kernel (SDPA's `is_causal`, the bundled op).
 
-    transformers skips the mask only where `torch.compiler.is_exporting()` is False, and dynamo before
-    torch 2.13 folds that call to True while compiling anything (pytorch#176499): every compiled forward
+    transformers skips the mask only where `torch.compiler.is_exporting()` is False, and dynamo up to
+    torch 2.11 at least folds that call to True while compiling anything (pytorch#176499): every compiled forward
     then built a (B, 1, T, T) mask and ran masked attention — 3x slower on an H100 than the causal
     kernel eagerly. Read here is the flag itself, which dynamo guards as a value. Skipped only where
     transformers would skip eagerly without reading a tensor: no padding mask, no window, a Python offset
