@@ -146,10 +146,32 @@ def render_demo(result: DemoResult, out: IO[str], *, as_json: bool = False) -> N
     out.write(result.timing_table() + "\n")
 
 
-def run_demo(*, device: str | None = None, layers: int | None = None, compile: bool = True, as_json: bool = False) -> int:
-    """`kernel-fx demo`: run, check every output against eager, print reports and timings."""
+def demo_page(result: DemoResult) -> str:
+    """The demo's reports, timings and mapping as one self-contained HTML page."""
+    from kernel_fx.defaults import default_mapping
+    from kernel_fx.html import Timing, render_page
+
+    timings = [Timing(r.name, r.median_ms, f"max |err| vs eager {r.max_abs_error:.2e}, first call {r.first_call_s:.1f} s")
+               for r in result.runs]
+    title = f"kernel-fx demo: {result.device}, {result.dtype}, batch x seq = {result.shape[0]} x {result.shape[1]}"
+    return render_page(result.reports, title=title, timings=timings, mapping=default_mapping())
+
+
+def write_html(page: str, path: str) -> None:
+    """Write `page` to `path` and say where on standard error (stdout keeps the text report)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    sys.stderr.write(f"[kernel-fx] wrote {path} ({len(page.encode()) / 1024:.0f} KiB)\n")
+
+
+def run_demo(*, device: str | None = None, layers: int | None = None, compile: bool = True, as_json: bool = False,
+             html: str | None = None) -> int:
+    """`kernel-fx demo`: run, check every output against eager, print reports and timings
+    (and write them as an HTML page to `html`)."""
     result = run_demo_model(device=device, layers=layers, compile=compile, progress=sys.stderr)
     render_demo(result, sys.stdout, as_json=as_json)
+    if html:
+        write_html(demo_page(result), html)
     tolerance = 5e-2 if result.dtype == "bfloat16" else 1e-3
     worst = max(r.max_abs_error for r in result.runs)
     if worst > tolerance:
@@ -177,7 +199,7 @@ def _import_object(spec: str) -> Any:
         sys.path.pop(0)
 
 
-def run_report(target: str, *, mapping: str | None, device: str | None, compile: bool, as_json: bool) -> int:
+def run_report(target: str, *, mapping: str | None, device: str | None, compile: bool, as_json: bool, html: str | None = None) -> int:
     """`kernel-fx report`: what kernelize (and hubkernels) would do on a user's model; changes nothing."""
     import kernel_fx
     from kernel_fx.defaults import default_mapping
@@ -192,4 +214,9 @@ def run_report(target: str, *, mapping: str | None, device: str | None, compile:
     with kernel_fx.use_kernel_mapping(chosen):
         explained = kernel_fx.explain(model, *inputs, device=device, compile=compile and bool(inputs))
     sys.stdout.write((explained.to_json() if as_json else explained.render()) + "\n")
+    if html:
+        from kernel_fx.html import render_page
+
+        reports = {"kernelize": explained.eager, **({"hubkernels": explained.compiled} if explained.compiled is not None else {})}
+        write_html(render_page(reports, title=f"kernel-fx report {target}", mapping=chosen), html)
     return 0
