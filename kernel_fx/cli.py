@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-compile", action="store_true", help="skip the torch.compile runs")
     demo.add_argument("--json", action="store_true", help="print the reports as JSON")
     demo.add_argument("--html", metavar="FILE", default=None, help="also write the reports as one self-contained HTML page")
+    demo.add_argument("--without", metavar="LAYER", action="append", default=[],
+                      help="leave this bundled layer out of the mapping, to see a fallback (repeatable)")
     demo.set_defaults(func=_run_demo)
 
     report = commands.add_parser("report", help="report what kernel_fx would do on your model")
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo.run import run_demo
 
-    return run_demo(device=args.device, layers=args.layers, compile=not args.no_compile, as_json=args.json, html=args.html)
+    return run_demo(device=args.device, layers=args.layers, compile=not args.no_compile, as_json=args.json, html=args.html,
+                    without=tuple(args.without))
 
 
 def _run_report(args: argparse.Namespace) -> int:

@@ -49,7 +49,7 @@ def _row(report: str, d: Decision, timed: AutotuneResult | None, with_report: bo
     cells += [
         _cell(site_label(d.path, d.call_index), css="path"), _cell(d.layer_name), _cell(d.module_class), _cell(d.device),
         _cell(d.mode), f'<td><span class="outcome {d.outcome.name.lower()}">{escape(d.outcome.value)}</span></td>',
-        _cell(repository, css="repo"), _cell(d.variant or "-"),
+        _cell(repository, css="repo"), _cell(d.variant or "-", css="nowrap"),
     ]
     if with_error:
         m = d.measured
