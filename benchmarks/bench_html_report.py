@@ -5,7 +5,8 @@
 Builds the model (the demo's decoder, or transformers' LlamaForCausalLM with tiny widths), runs
 `kernel_fx.explain` on it (eager kernelize, then hubkernels with the inner compiler "eager"),
 renders both reports as one page, and opens it from disk in Chromium (Playwright) five times:
-the medians of the navigation's load event and of first contentful paint, then the time the
+the medians of the navigation's load event and of first contentful paint (and, alternating, the
+load event of a blank local page: the machine's floor), then the time the
 page's script takes to apply a reason filter, a text filter and a sort (each with a forced
 layout). Prints one JSON line; with --out also writes the page there.
 """
@@ -76,18 +77,20 @@ def in_browser(path: Path, loads: int = 5) -> dict:
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    timings: dict[str, list[float]] = {"load_ms": [], "first_paint_ms": []}
+    timings: dict[str, list[float]] = {"load_ms": [], "first_paint_ms": [], "blank_page_load_ms": []}
+    blank = path.with_name("blank.html")  # what opening any local page costs on this machine
+    blank.write_text("<!DOCTYPE html><title>blank</title><p>blank</p>")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         for _ in range(loads):
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            tab.goto(path.as_uri(), wait_until="load")
-            nav = tab.evaluate("() => performance.getEntriesByType('navigation')[0].toJSON()")
-            paint = tab.evaluate("() => (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime || null")
-            timings["load_ms"].append(nav["loadEventEnd"])
-            if paint is not None:
-                timings["first_paint_ms"].append(paint)
-            tab.close()
+            for page, key in ((path, "load_ms"), (blank, "blank_page_load_ms")):
+                tab = browser.new_page(viewport={"width": 1280, "height": 900})
+                tab.goto(page.as_uri(), wait_until="load")
+                timings[key].append(tab.evaluate("() => performance.getEntriesByType('navigation')[0].loadEventEnd"))
+                paint = tab.evaluate("() => (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime || null")
+                if paint is not None and key == "load_ms":
+                    timings["first_paint_ms"].append(paint)
+                tab.close()
         tab = browser.new_page(viewport={"width": 1280, "height": 900})
         tab.goto(path.as_uri(), wait_until="load")
         reason = tab.evaluate("() => [...document.querySelectorAll('[data-filter=reason] option')].map(o => o.value).filter(v => v && v !== '-')[0] || '-'")

@@ -48,7 +48,8 @@ def _row(report: str, d: Decision, timed: AutotuneResult | None, with_report: bo
     cells = [_cell(report)] if with_report else []
     cells += [
         _cell(site_label(d.path, d.call_index), css="path"), _cell(d.layer_name), _cell(d.module_class), _cell(d.device),
-        _cell(d.mode), f'<td><span class="outcome {d.outcome.name.lower()}">{escape(d.outcome.value)}</span></td>',
+        f"<td>{'|<wbr>'.join(escape(part) for part in d.mode.split('|'))}</td>",  # INFERENCE|TORCH_COMPILE may wrap
+        f'<td><span class="outcome {d.outcome.name.lower()}">{escape(d.outcome.value)}</span></td>',
         _cell(repository, css="repo"), _cell(d.variant or "-", css="nowrap"),
     ]
     if with_error:
@@ -99,5 +100,5 @@ def sites_table(decisions: Mapping[str, Sequence[Decision]], graphs: Mapping[str
     for report, ds in decisions.items():
         timed = _timed_sites(graphs.get(report, ()))
         rows += [_row(report, d, timed.get(site_label(d.path, d.call_index)), with_report, with_error, with_timing) for d in ds]
-    return (filters(decisions) + f'<table class="sites"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return (filters(decisions) + f'<div class="scroll"><table class="sites"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
             + ('<p class="empty">No sites: no extensible layer was found.</p>' if not rows else ""))
