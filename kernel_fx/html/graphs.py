@@ -23,7 +23,9 @@ def site_diff(diff: SiteDiff) -> str:
     trace_time = diff.how is SubstitutionKind.TRACE_TIME
     badge = f'<span class="badge{" trace" if trace_time else ""}">{escape(diff.how.value)}</span>'
     title = f'<span class="path">{escape(site_label(diff.path, diff.call_index))}</span> {escape(diff.layer_name)} {badge}'
-    counts = f'<span class="counts">{len(diff.before)} ops \u2192 {len(diff.after)}</span>'
+    # At trace time the original was never traced: its side holds a note, not ops.
+    shown = f"{len(diff.after)} kernel ops" if trace_time else f"{len(diff.before)} ops \u2192 {len(diff.after)}"
+    counts = f'<span class="counts">{shown}</span>'
     before = "\n".join(diff.before) or "(none recorded)"
     after = "\n".join(diff.after) or "(none recorded)"
     return (f'<details class="diff{" trace-time" if trace_time else ""}"><summary>{title} {counts}</summary>'
