@@ -11,6 +11,7 @@ before and after), each substituted call side by side (original ops | kernel ops
 
 from __future__ import annotations
 
+from collections import Counter
 from html import escape
 
 from ..graph_records import GraphRecord, SiteDiff, SubstitutionKind
@@ -53,12 +54,16 @@ def _autotune(graph: GraphRecord, chart_id: str) -> str:
     if not graph.autotune:
         return f'<p class="note">autotune: {escape(graph.autotune_note)}</p>' if graph.autotune_note else ""
     bars = []
+    names = Counter(r.kernel for r in graph.autotune)
+    seen: Counter[str] = Counter()
     for r in graph.autotune:
-        name = f"{r.kernel} {r.shapes}"
+        seen[r.kernel] += 1  # the same kernel timed on other shapes: numbered, shapes in the tooltip
+        name = r.kernel + (f" ({seen[r.kernel]})" if names[r.kernel] > 1 else "")
+        detail = f"{r.shapes}, {r.timed}, {len(r.sites)} call{'s' if len(r.sites) != 1 else ''}; runs the {'kernel' if r.kept else 'original'}"
         if r.kernel_ms is not None:
-            bars.append(Bar(f"{name} kernel", r.kernel_ms, series="kernel" + (" kept" if r.kept else "")))
+            bars.append(Bar(f"{name}: kernel", r.kernel_ms, series="kernel" + (" kept" if r.kept else ""), detail=detail))
         if r.original_ms is not None:
-            bars.append(Bar(f"{name} original", r.original_ms, series="original" + ("" if r.kept else " kept")))
+            bars.append(Bar(f"{name}: original", r.original_ms, series="original" + ("" if r.kept else " kept"), detail=detail))
     notes = "".join(f"<li>{escape(r.kernel)} {escape(r.shapes)}: {escape(r.note)}</li>" for r in graph.autotune if r.note)
     title = f"autotune: medians in ms, both compiled by {graph.inner or '-'}; the kept variant is outlined"
     chart = bar_chart(bars, unit="ms", chart_id=chart_id, title=title) if bars else ""
@@ -75,8 +80,8 @@ def graph_section(report: str, graph: GraphRecord, chart_id: str) -> str:
         ("decided at trace time", str(trace_time)),
     ]
     dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
-    diffs = "".join(site_diff(d) for d in graph.site_diffs)
+    diffs = "".join(site_diff(d) for d in graph.site_diffs) or '<p class="note">none: every call in this graph kept its original</p>'
     toggle = '<button type="button" class="expand-all">expand all</button>' if graph.site_diffs else ""
-    return (f'<section class="graph"><h3>{escape(report)}: graph {graph.index}</h3><dl class="facts">{dl}</dl>'
+    return (f'<section class="graph"><h3>{escape(report + ": " if report else "")}graph {graph.index}</h3><dl class="facts">{dl}</dl>'
             f'<details class="ops-box" open><summary>op counts before / after ({len(graph.op_delta)} ops changed)</summary>{_op_table(graph)}</details>'
             f'{_autotune(graph, chart_id)}<h4>substituted calls {toggle}</h4><div class="diffs">{diffs}</div></section>')

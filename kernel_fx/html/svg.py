@@ -45,7 +45,7 @@ def bar_chart(bars: Sequence[Bar], *, unit: str, chart_id: str, title: str = "")
         y = 4 + i * ROW
         length = max(1.0, BAR_WIDTH * bar.value / top) if bar.value > 0 else 0.0
         text = bar.text or f"{bar.value:.4g} {unit}"
-        label = bar.label if len(bar.label) <= 30 else bar.label[:29] + "\u2026"
+        label = bar.label if len(bar.label) <= 28 else bar.label[:27] + "\u2026"  # ~7 px a character
         tip = f"{bar.label}: {text}" + (f" ({bar.detail})" if bar.detail else "")
         series = f" {escape(bar.series)}" if bar.series else ""
         rows.append(
