@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--layers", type=int, default=None, help="decoder layers of the demo model")
     demo.add_argument("--no-compile", action="store_true", help="skip the torch.compile runs")
     demo.add_argument("--json", action="store_true", help="print the reports as JSON")
+    demo.add_argument("--html", metavar="FILE", default=None, help="also write the reports as one self-contained HTML page")
+    demo.add_argument("--without", metavar="LAYER", action="append", default=[],
+                      help="leave this bundled layer out of the mapping, to see a fallback (repeatable)")
     demo.set_defaults(func=_run_demo)
 
     report = commands.add_parser("report", help="report what kernel_fx would do on your model")
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--device", default=None)
     report.add_argument("--compile", action="store_true", help="also show what hubkernels would do")
     report.add_argument("--json", action="store_true")
+    report.add_argument("--html", metavar="FILE", default=None, help="also write the report as one self-contained HTML page")
     report.set_defaults(func=_run_report)
 
     try:
@@ -46,13 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo.run import run_demo
 
-    return run_demo(device=args.device, layers=args.layers, compile=not args.no_compile, as_json=args.json)
+    return run_demo(device=args.device, layers=args.layers, compile=not args.no_compile, as_json=args.json, html=args.html,
+                    without=tuple(args.without))
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from .demo.run import run_report
 
-    return run_report(args.target, mapping=args.mapping, device=args.device, compile=args.compile, as_json=args.json)
+    return run_report(args.target, mapping=args.mapping, device=args.device, compile=args.compile, as_json=args.json, html=args.html)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

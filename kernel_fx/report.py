@@ -101,6 +101,25 @@ class Report:
     def __str__(self) -> str:
         return self.render("text")
 
+    def to_html(self, **kwargs: Any) -> str:
+        """The report as one self-contained HTML page (inline CSS, script and SVG; nothing fetched).
+
+        `title=`, `timings=` (name -> median ms, drawn as bars) and `mapping=` (default: the mapping
+        in scope now) go to `kernel_fx.html.render_page`.
+
+        >>> Report().to_html().startswith("<!DOCTYPE html>")
+        True
+        """
+        from .html import render_page
+
+        return render_page(self, **kwargs)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the report as the page's HTML (scoped to its own `<div>`)."""
+        from .html import render_fragment
+
+        return render_fragment(self)
+
 
 def _render_graph(graph: GraphRecord, tablefmt: str, fmt: str, max_lines: int) -> str:
     from tabulate import tabulate

@@ -52,6 +52,16 @@ The same mapping drives a graph pass over dynamo's FX graph; the rest goes to th
         out = compiled(x)
 torch.testing.assert_close(out, expected)
 print(kernel_fx.last_compile_report())"""),
+    ("md", """## 3b. The report as a page
+In Jupyter a report displays as HTML (`_repr_html_`): the sites table (click a header to sort, pick a
+reason to filter), charts, and each compiled graph's substituted calls (click one to see the original
+ops beside the kernel's). `report.to_html()` gives the same as one self-contained file."""),
+    ("code", """compiled_report = kernel_fx.last_compile_report()
+compiled_report"""),
+    ("code", """from pathlib import Path
+
+Path("report.html").write_text(compiled_report.to_html(title="quick start: hubkernels"))
+print("wrote report.html:", Path("report.html").stat().st_size, "bytes; open it in a browser")"""),
     ("md", """## 4. The demo model, timed
 `kernel-fx demo` runs the bundled Llama-style model eager, kernelized and compiled; here its
 timing table is plotted."""),

@@ -47,3 +47,9 @@ def test_report_json_and_bad_target():
     assert json.loads(out.stdout)["eager"]["summary"].startswith("11 sites")
     bad = kernel_fx("report", "no_colon_here")
     assert bad.returncode != 0 and "is not MODULE:NAME" in bad.stderr
+
+
+def test_demo_without_an_unknown_layer_names_the_bundled_ones():
+    out = kernel_fx("demo", "--layers", "1", "--no-compile", "--without", "Nope")
+    assert out.returncode != 0
+    assert "Cannot leave out 'Nope': not a bundled layer (bundled layers: RMSNorm, SiluAndMul, AddRMSNorm, ApplyRotary, Attention)." in out.stderr

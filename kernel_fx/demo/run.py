@@ -38,6 +38,7 @@ class DemoResult:
     shape: tuple[int, int]
     runs: list[Run] = field(default_factory=list)
     reports: dict[str, Any] = field(default_factory=dict)
+    mapping: dict[str, Any] = field(default_factory=dict)  # the kernel mapping the runs used
 
     def timing_table(self, tablefmt: str = "simple") -> str:
         from tabulate import tabulate
@@ -81,12 +82,28 @@ def _progress(out: IO[str] | None, message: str) -> None:
         out.flush()
 
 
+def demo_mapping(without: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The bundled kernels' mapping less the layers in `without` (their sites keep the original,
+    with the reason "no mapping": how a fallback looks in the reports).
+
+    >>> sorted(demo_mapping(("Attention", "RMSNorm")))
+    ['AddRMSNorm', 'ApplyRotary', 'SiluAndMul']
+    """
+    from kernel_fx.defaults import BUNDLED_LAYERS, default_mapping
+
+    unknown = sorted(set(without) - set(BUNDLED_LAYERS))
+    if unknown:
+        raise ValueError(f"Cannot leave out {', '.join(map(repr, unknown))}: not a bundled layer (bundled layers: {', '.join(BUNDLED_LAYERS)}).")
+    return {name: repos for name, repos in default_mapping().items() if name not in without}
+
+
 def run_demo_model(
-    *, device: str | None = None, layers: int | None = None, compile: bool = True, progress: IO[str] | None = None
+    *, device: str | None = None, layers: int | None = None, compile: bool = True, progress: IO[str] | None = None,
+    without: tuple[str, ...] = (),
 ) -> DemoResult:
-    """Build the demo model and run it eager, kernelized, and compiled with hubkernels."""
+    """Build the demo model and run it eager, kernelized, and compiled with hubkernels (with the
+    bundled kernels, less the layers named in `without`)."""
     import kernel_fx
-    from kernel_fx.defaults import default_mapping
     from kernel_fx.demo.model import DemoConfig, build_demo_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -99,7 +116,7 @@ def run_demo_model(
     _progress(progress, f"building the demo model ({config.num_hidden_layers} layers, hidden {config.hidden_size}) on {device} in {dtype}")
     reference = build_demo_model(config, device=device, dtype=dtype).eval()
     ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
-    result = DemoResult(device=device, dtype=str(dtype).replace("torch.", ""), shape=(batch, seq))
+    result = DemoResult(device=device, dtype=str(dtype).replace("torch.", ""), shape=(batch, seq), mapping=demo_mapping(without))
 
     with torch.no_grad():
         expected = reference(ids)
@@ -107,7 +124,7 @@ def run_demo_model(
 
         _progress(progress, "kernelizing with the bundled kernels")
         kernelized = copy.deepcopy(reference)
-        with kernel_fx.use_kernel_mapping(default_mapping()):
+        with kernel_fx.use_kernel_mapping(result.mapping):
             kernel_fx.kernelize(kernelized)
         result.reports["kernelize"] = kernel_fx.report(kernelized)
         error = (kernelized(ids) - expected).abs().max().item()
@@ -115,7 +132,7 @@ def run_demo_model(
 
         if compile:
             _progress(progress, "compiling with backend='hubkernels' (inner: inductor); the first call compiles")
-            with kernel_fx.use_kernel_mapping(default_mapping()):
+            with kernel_fx.use_kernel_mapping(result.mapping):
                 compiled = torch.compile(copy.deepcopy(reference), backend="hubkernels")
                 start = time.perf_counter()
                 out = compiled(ids)
@@ -146,10 +163,31 @@ def render_demo(result: DemoResult, out: IO[str], *, as_json: bool = False) -> N
     out.write(result.timing_table() + "\n")
 
 
-def run_demo(*, device: str | None = None, layers: int | None = None, compile: bool = True, as_json: bool = False) -> int:
-    """`kernel-fx demo`: run, check every output against eager, print reports and timings."""
-    result = run_demo_model(device=device, layers=layers, compile=compile, progress=sys.stderr)
+def demo_page(result: DemoResult) -> str:
+    """The demo's reports, timings and mapping as one self-contained HTML page."""
+    from kernel_fx.html import Timing, render_page
+
+    timings = [Timing(r.name, r.median_ms, f"max |err| vs eager {r.max_abs_error:.2e}, first call {r.first_call_s:.1f} s")
+               for r in result.runs]
+    title = f"kernel-fx demo: {result.device}, {result.dtype}, batch x seq = {result.shape[0]} x {result.shape[1]}"
+    return render_page(result.reports, title=title, timings=timings, mapping=result.mapping)
+
+
+def write_html(page: str, path: str) -> None:
+    """Write `page` to `path` and say where on standard error (stdout keeps the text report)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    sys.stderr.write(f"[kernel-fx] wrote {path} ({len(page.encode()) / 1024:.0f} KiB)\n")
+
+
+def run_demo(*, device: str | None = None, layers: int | None = None, compile: bool = True, as_json: bool = False,
+             html: str | None = None, without: tuple[str, ...] = ()) -> int:
+    """`kernel-fx demo`: run, check every output against eager, print reports and timings
+    (and write them as an HTML page to `html`)."""
+    result = run_demo_model(device=device, layers=layers, compile=compile, progress=sys.stderr, without=without)
     render_demo(result, sys.stdout, as_json=as_json)
+    if html:
+        write_html(demo_page(result), html)
     tolerance = 5e-2 if result.dtype == "bfloat16" else 1e-3
     worst = max(r.max_abs_error for r in result.runs)
     if worst > tolerance:
@@ -177,7 +215,7 @@ def _import_object(spec: str) -> Any:
         sys.path.pop(0)
 
 
-def run_report(target: str, *, mapping: str | None, device: str | None, compile: bool, as_json: bool) -> int:
+def run_report(target: str, *, mapping: str | None, device: str | None, compile: bool, as_json: bool, html: str | None = None) -> int:
     """`kernel-fx report`: what kernelize (and hubkernels) would do on a user's model; changes nothing."""
     import kernel_fx
     from kernel_fx.defaults import default_mapping
@@ -192,4 +230,9 @@ def run_report(target: str, *, mapping: str | None, device: str | None, compile:
     with kernel_fx.use_kernel_mapping(chosen):
         explained = kernel_fx.explain(model, *inputs, device=device, compile=compile and bool(inputs))
     sys.stdout.write((explained.to_json() if as_json else explained.render()) + "\n")
+    if html:
+        from kernel_fx.html import render_page
+
+        reports = {"kernelize": explained.eager, **({"hubkernels": explained.compiled} if explained.compiled is not None else {})}
+        write_html(render_page(reports, title=f"kernel-fx report {target}", mapping=chosen), html)
     return 0
