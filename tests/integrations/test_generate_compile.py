@@ -149,7 +149,6 @@ def test_causal_mask_skipped_under_compile_unless_exporting(monkeypatch):
     assert causal_skipping_mask(1, 6, 6) is None
     assert causal_skipping_mask(1, 1, 6) is None  # one query attends to every key
     assert causal_skipping_mask(1, 3, 6, q_offset=3) is not None  # a chunk after a prefix needs the offset mask
-    assert causal_skipping_mask(1, 6, 6, q_offset=torch.tensor(0)) is not None  # a static cache's offset
     assert causal_skipping_mask(1, 6, 6, local_size=2) is not None
     assert causal_skipping_mask(1, 6, 6, allow_is_causal_skip=False) is not None
     monkeypatch.setattr(torch.compiler, "_is_exporting_flag", True)
