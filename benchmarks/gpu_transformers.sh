@@ -20,7 +20,7 @@ python3 -c "import torch, transformers, kernels; print(torch.__version__, transf
 for step in "$@"; do
   limit=${step##*@}; [ "$limit" = "$step" ] && limit=600; spec=${step%@*}
   if [ "$spec" = tests ]; then
-    timeout "$limit" python3 -m pytest -q -p no:cacheprovider -m cuda tests/integrations tests/hub tests/kernels 2>&1 | tail -30 > "$out/cuda-tests.log"
+    timeout "$limit" python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m cuda 2>&1 | tail -30 > "$out/cuda-tests.log"
     tail -3 "$out/cuda-tests.log"
     tar czf "$dest/results.tgz" -C "$out" .
     continue
