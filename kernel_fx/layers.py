@@ -372,6 +372,15 @@ def forward_override(cls: type) -> tuple[type, type] | None:
     return own, named
 
 
+def signature_owner(module: nn.Module) -> object:
+    """What fixes the signature a kernel must match at `module`: the function of a function module
+    (every function module shares `FunctionLayer.forward`, so the forward cannot tell them apart),
+    else the module's class. Caches of validation verdicts are keyed by it."""
+    if isinstance(module, FunctionLayer):
+        return module.function.fn
+    return type(module)
+
+
 def original_signature(module: nn.Module) -> inspect.Signature:
     """The signature (with `self`) of the forward a kernel replaces on `module`."""
     if isinstance(module, FunctionLayer):

@@ -11,6 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
+
+import kernel_fx
+from kernel_fx import LocalLayerRepository, Mode, kernelize, use_kernel_mapping
 
 SCRIPT = Path(__file__).parent / "scripts" / "kernels_style.py"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -91,3 +96,46 @@ def test_kernel_fx_runs_the_script_with_only_the_import_changed(kernel_repo_dir,
     changed = tmp_path / "kernel_fx_style.py"
     changed.write_text(SCRIPT.read_text().replace("from kernels import (", "from kernel_fx import (", 1))
     assert run_script(changed, kernel_repo_dir) == EXPECTED
+
+
+# -- behaviours the `kernels` 0.19.1 layer tests rely on (scripts/kernels_tests measures them all) ---
+
+PLUS_ONE = '''
+from torch import nn
+class PlusOne(nn.Module):
+    def forward(self, x):
+        return x + 1
+'''
+
+
+@kernel_fx.use_kernel_forward_from_hub("PlusOneFn")
+def two_args(x, y):
+    return x + y
+
+
+@kernel_fx.use_kernel_forward_from_hub("PlusOneFn")
+def one_arg(x):
+    return x
+
+
+@kernel_fx.use_kernelized_func(two_args)
+class TwoArgsHost(nn.Module):
+    def forward(self, x):
+        return self.two_args(x, x)
+
+
+@kernel_fx.use_kernelized_func(one_arg)
+class OneArgHost(nn.Module):
+    def forward(self, x):
+        return self.one_arg(x)
+
+
+def test_a_verdict_for_one_function_is_not_reused_for_another(kernel_repo):
+    """Every function module shares one forward; the kernel refused for `two_args` still fits `one_arg`."""
+    repo = LocalLayerRepository(kernel_repo({"torch-cpu": {"layers.py": PLUS_ONE}}), layer_name="PlusOne")
+    with use_kernel_mapping({"PlusOneFn": {"cpu": repo}}):
+        refused = kernelize(TwoArgsHost(), device="cpu", mode=Mode.INFERENCE)
+        fits = kernelize(OneArgHost(), device="cpu", mode=Mode.INFERENCE)
+    x = torch.zeros(2)
+    assert refused(x).tolist() == [0.0, 0.0]  # the original: x + x
+    assert fits(x).tolist() == [1.0, 1.0]  # the kernel: x + 1

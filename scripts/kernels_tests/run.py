@@ -86,6 +86,9 @@ def run(scratch: Path, work: Path, library: str) -> dict[str, str]:
     path = [str(scratch)]
     if library == "kernel_fx":
         path = [str(HERE / "shim"), str(REPO_ROOT), *path]
+        # Offline, `kernels` skips its publisher check (it asks the Hub); upstream runs online, where
+        # these organisations are verified publishers. kernel_fx checks offline too: tell it the same.
+        env["KERNEL_FX_TRUSTED"] = "kernels-test,kernels-community"
     env["PYTHONPATH"] = os.pathsep.join(path)
     report = work / f"junit-{library}.xml"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "kernels_tests_plugin", "-p", "no:cacheprovider",
