@@ -222,8 +222,11 @@ def use_kernelized_func(*functions: KernelizableFunction) -> Callable[[type[nn.M
     """
     for fn in functions:
         if not isinstance(fn, KernelizableFunction):
-            raise MappingError(
-                f"use_kernelized_func got {fn!r}; decorate the function with @use_kernel_forward_from_hub(name) first."
+            name = getattr(fn, "__name__", repr(fn))
+            raise MappingError(  # its first sentence is `kernels`' wording, which its users match on
+                f"Function `{name}` is not decorated with @use_kernel_forward_from_hub and cannot be used with "
+                f"@use_kernelized_func: use_kernelized_func got {fn!r}; decorate the function with "
+                "@use_kernel_forward_from_hub(name) first."
             )
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:

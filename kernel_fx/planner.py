@@ -105,6 +105,8 @@ class Planner:
         if overridden is not None:
             return self.skipped(module, layer_name, overridden)
         if not condition_allows(module):
+            # `kernels`' INFO line, word for word: its users filter logs on it.
+            logger.info("Skipping kernelization for `%s` using `%s` due to kernel_condition.", type(module).__name__, layer_name)
             return self.skipped(module, layer_name, CONDITION_FALSE)
         original = original_forward(module)
         key = (layer_name, type(module), original, signature_owner(module))
