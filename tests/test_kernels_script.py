@@ -139,3 +139,54 @@ def test_a_verdict_for_one_function_is_not_reused_for_another(kernel_repo):
     x = torch.zeros(2)
     assert refused(x).tolist() == [0.0, 0.0]  # the original: x + x
     assert fits(x).tolist() == [1.0, 1.0]  # the kernel: x + 1
+
+
+@kernel_fx.use_kernel_forward_from_hub("Unmapped", condition=lambda module: module.allowed)
+class Unmapped(nn.Module):
+    def __init__(self, allowed: bool) -> None:
+        super().__init__()
+        self.allowed = allowed
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize(("mode", "phrase"), [(Mode.FALLBACK, "can only be used to register kernel mappings"),
+                                              (Mode.TORCH_COMPILE, "mode must contain")], ids=["fallback", "compile-only"])
+def test_an_invalid_mode_is_refused_in_kernels_words(mode, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        kernelize(nn.Linear(2, 2), mode=mode)
+
+
+def test_a_layer_whose_condition_holds_but_has_no_mapping_names_it_as_kernels_does():
+    with use_kernel_mapping({}, inherit_mapping=False), pytest.raises(ValueError, match="No layer mapping for `Unmapped`"):
+        kernelize(Unmapped(True), device="cpu", mode=Mode.INFERENCE, use_fallback=False)
+
+
+def test_a_condition_that_skips_a_layer_logs_kernels_info_line(caplog):
+    with caplog.at_level("INFO", logger="kernel_fx"):
+        kernelize(Unmapped(False), device="cpu", mode=Mode.INFERENCE, use_fallback=False)
+    assert "Skipping kernelization for `Unmapped` using `Unmapped` due to kernel_condition." in caplog.text
+
+
+def test_use_kernelized_func_on_an_undecorated_function_says_so_in_kernels_words():
+    def plain(x):
+        return x
+
+    with pytest.raises(ValueError, match="Function `plain` is not decorated"):
+        kernel_fx.use_kernelized_func(plain)
+
+
+def test_a_repository_is_an_ordinary_object_whose_load_can_be_replaced():
+    repo = kernel_fx.LayerRepository("org/none", layer_name="Unmapped", version=1)
+    same = kernel_fx.LayerRepository("org/none", layer_name="Unmapped", version=1)
+    repo.load = lambda: PlusOneLayer
+    assert repo == same and hash(repo) == hash(same)  # still a mapping key
+    with use_kernel_mapping({"Unmapped": {"cpu": repo}}, inherit_mapping=False):
+        model = kernelize(Unmapped(True), device="cpu", mode=Mode.INFERENCE)
+    assert model(torch.zeros(1)).tolist() == [1.0]
+
+
+class PlusOneLayer(nn.Module):
+    def forward(self, x):
+        return x + 1
