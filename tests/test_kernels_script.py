@@ -190,3 +190,86 @@ def test_a_repository_is_an_ordinary_object_whose_load_can_be_replaced():
 class PlusOneLayer(nn.Module):
     def forward(self, x):
         return x + 1
+
+
+# -- kernels that depend on kernels (`kernel-depends`, `get_kernel_dep`) ------------------------
+
+EINOPS_COMMIT, USER_COMMIT = "e1" * 20, "a2" * 20
+USES_EINOPS = "from kernel_fx import get_kernel_dep\n\neinops = get_kernel_dep('org/einops')\n"
+
+
+def _cache_kernel(cache: Path, repo_id: str, commit: str, init: str, *, depends: list | None = None, ref: str = "v1") -> None:
+    """One torch-universal build of `repo_id` at `commit` (branch `ref`) in the huggingface_hub cache layout."""
+    folder = cache / f"kernels--{repo_id.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / ref).write_text(commit)
+    variant = folder / "snapshots" / commit / "build" / "torch-universal"
+    variant.mkdir(parents=True)
+    (variant / "__init__.py").write_text(init)
+    metadata = {"id": f"_{repo_id.split('/')[1]}_{commit[:8]}_{os.getpid()}", "name": repo_id.split("/")[1], "version": 1,
+                "backend": {"type": "universal"}, **({"kernel-depends": depends} if depends else {})}
+    (variant / "metadata.json").write_text(json.dumps(metadata))
+
+
+@pytest.fixture
+def dependent_kernels(tmp_path, monkeypatch) -> Path:
+    """An offline cache holding org/einops v1 and org/user v1, whose metadata says it needs org/einops v1."""
+    cache = tmp_path / "hf-cache"
+    _cache_kernel(cache, "org/einops", EINOPS_COMMIT, f"def rearrange(x, pattern):\n    return x\n\nCOMMIT = {EINOPS_COMMIT!r}\n")
+    _cache_kernel(cache, "org/user", USER_COMMIT, USES_EINOPS, depends=[{"repo-id": "org/einops", "version": 1}])
+    for name in ("KERNEL_FX_LOCAL_KERNELS", "LOCAL_KERNELS", "KERNELS_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KERNEL_FX_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("KERNEL_FX_TRUSTED", "org")
+    return cache
+
+
+def test_a_kernel_gets_the_kernels_its_metadata_depends_on(dependent_kernels):
+    user = kernel_fx.get_kernel("org/user", version=1)
+    assert user.einops is kernel_fx.get_kernel("org/einops", version=1)
+    assert user.einops.COMMIT == EINOPS_COMMIT
+
+
+def test_get_kernel_dep_outside_a_kernel_import_says_where_it_works():
+    with pytest.raises(kernel_fx.KernelLoadError, match=r"get_kernel_dep\('org/einops'\) works only while a kernel is being imported"):
+        kernel_fx.get_kernel_dep("org/einops")
+
+
+def test_get_kernel_dep_of_an_undeclared_kernel_names_the_declared_ones(dependent_kernels):
+    _cache_kernel(dependent_kernels, "org/sneaky", "b3" * 20, USES_EINOPS.replace("org/einops", "org/other"),
+                  depends=[{"repo-id": "org/einops", "version": 1}])
+    with pytest.raises(kernel_fx.KernelLoadError, match=r"does not declare org/other .*it declares: org/einops"):
+        kernel_fx.get_kernel("org/sneaky", version=1)
+
+
+def test_a_dependency_cycle_is_refused(dependent_kernels):
+    _cache_kernel(dependent_kernels, "org/loop", "c4" * 20, "", depends=[{"repo-id": "org/loop", "version": 1}])
+    with pytest.raises(kernel_fx.KernelLoadError, match="cycle: org/loop -> org/loop"):
+        kernel_fx.get_kernel("org/loop", version=1)
+
+
+def _kernels_lock(path: Path, *entries: tuple[str, int, str]) -> Path:
+    path.write_text(json.dumps([{"dependency": {"repo-id": r, "version": v}, "lock": {"commit": c}} for r, v, c in entries]))
+    return path
+
+
+def test_a_locked_kernel_gets_its_dependency_at_the_commit_the_same_lock_pins(dependent_kernels, tmp_path):
+    lock = _kernels_lock(tmp_path / "kernels.lock", ("org/einops", 1, EINOPS_COMMIT), ("org/user", 1, USER_COMMIT))
+    user = kernel_fx.get_locked_kernel("org/user", lockfile=lock)
+    assert user.einops.COMMIT == EINOPS_COMMIT
+
+
+def test_a_lock_without_the_dependency_names_what_is_missing(dependent_kernels, tmp_path):
+    lock = _kernels_lock(tmp_path / "kernels.lock", ("org/user", 1, USER_COMMIT))
+    with pytest.raises(ValueError, match=r"org/user depends on org/einops \(v1\), but lock file .* does not lock it"):
+        kernel_fx.load_kernel("org/user", lockfile=lock)
+
+
+def test_kernel_fx_lock_locks_the_dependencies_too(dependent_kernels):
+    from kernel_fx.hub.locks import lock_kernels
+    from kernel_fx.hub.specs import KernelSpec
+    from kernel_fx.hub.variants import system_info
+
+    entries = lock_kernels([KernelSpec("org/user", version=1)], system_info())
+    assert [(e.repo_id, e.revision, e.commit) for e in entries] == [("org/user", "v1", USER_COMMIT), ("org/einops", "v1", EINOPS_COMMIT)]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import MappingError
 from . import archs, env
+from .deps import load_dependencies
 from .errors import KernelRepoNotFoundError, KernelRevisionNotFoundError
 from .importer import KernelSource, import_variant, imported, read_metadata
 from .integrity import check_digest
@@ -101,7 +102,10 @@ def get_kernel(
     check_digest(variant_dir, metadata, where=where)
     unpinned = revision is None and version is None
     source = KernelSource(repo_id, choice.name, str(variant_dir), revision=resolved.revision, commit=commit, unpinned=unpinned)
-    return import_variant(variant_dir, source)
+    dependencies = load_dependencies(metadata, repo_id=repo_id, where=where, load=lambda dep: get_kernel(
+        dep.repo_id, revision=dep.revision, version=dep.version, backend=backend, trust_remote_code=trust_remote_code,
+        user_agent=user_agent, check_arch=check_arch))
+    return import_variant(variant_dir, source, dependencies)
 
 
 def has_kernel(
@@ -197,7 +201,7 @@ def load_locked(repo_id: str, lockfile: Path, entries: Sequence[LockEntry], *, b
                 download: bool = False, user_agent: str | dict | None = None) -> ModuleType:
     """Import `repo_id` pinned by `entries` (its entries of `lockfile`, already read), after checking its
     files; `download` fetches a locked variant missing from the cache unless offline."""
-    from .locks import LockedCommit, choose_locked, download_locked, verified_dir
+    from .locks import LockedCommit, choose_locked, dependency_entries, download_locked, verified_dir
 
     system = system_info(backend)
     if download and not env.offline():
@@ -215,7 +219,11 @@ def load_locked(repo_id: str, lockfile: Path, entries: Sequence[LockEntry], *, b
         return module
     check_digest(variant_dir, metadata, where=str(entry), warn_missing=entry.files is None)
     source = KernelSource(repo_id, entry.variant, str(variant_dir), revision=entry.revision, commit=entry.commit)
-    return import_variant(variant_dir, source)
+    # A dependency is pinned by the same lock file (`kernels lock` and `kernel-fx lock` lock them flat).
+    dependencies = load_dependencies(metadata, repo_id=repo_id, where=entry, load=lambda dep: load_locked(
+        dep.repo_id, lockfile, dependency_entries(dep, lockfile, needed_by=repo_id), backend=backend, check_arch=check_arch,
+        download=download, user_agent=user_agent))
+    return import_variant(variant_dir, source, dependencies)
 
 
 def _check_request(repo_id: object, revision: object, version: object) -> None:

@@ -19,6 +19,7 @@ from types import ModuleType
 
 from ..errors import KernelLoadError
 from . import archs
+from .deps import KernelDependency, load_dependencies
 from .importer import KernelSource, import_variant, read_metadata
 from .variants import VariantCheck, check_variants, choose_variant, parse_variant, system_info
 
@@ -56,9 +57,20 @@ def load_local(
     label = f"{repo_id} (local {repo_path})" if repo_id else str(repo_path)
     variant_dir = local_variant_dir(repo_path, backend=backend, label=label)
     variant = variant_dir.name
+    metadata = read_metadata(variant_dir)
     if check_arch:
-        archs.check_arch(read_metadata(variant_dir), where=f"{label} variant {variant}")
-    return import_variant(variant_dir, KernelSource(label, variant, str(variant_dir)))
+        archs.check_arch(metadata, where=f"{label} variant {variant}")
+    # A local kernel's dependencies come from the Hub, at the versions its metadata names.
+    dependencies = load_dependencies(metadata, repo_id=repo_id or str(repo_path), where=f"{label} variant {variant}",
+                                     load=lambda dep: _hub_kernel(dep, backend, check_arch))
+    return import_variant(variant_dir, KernelSource(label, variant, str(variant_dir)), dependencies)
+
+
+def _hub_kernel(dependency: KernelDependency, backend: str | None, check_arch: bool) -> ModuleType:
+    from .api import get_kernel  # api imports this module
+
+    return get_kernel(dependency.repo_id, revision=dependency.revision, version=dependency.version, backend=backend,
+                      check_arch=check_arch)
 
 
 def local_variant_dir(repo_path: Path, *, backend: str | None = None, label: str | None = None) -> Path:

@@ -27,7 +27,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from .revisions import Resolved
 from .variants import SystemInfo, choose_variant
 
 if TYPE_CHECKING:
+    from .deps import KernelDependency
     from .specs import KernelSpec
 
 logger = logging.getLogger(__name__)
@@ -153,6 +154,20 @@ def locked_entries(repo_id: str, lockfile: str | Path | None) -> tuple[Path, tup
     return path, mine
 
 
+def dependency_entries(dependency: KernelDependency, lockfile: Path, *, needed_by: str) -> tuple[LockEntry, ...]:
+    """The entries of `lockfile` that pin `dependency` (a kernel `needed_by` depends on) at the version or
+    revision it asks for; `LockfileError` when the lock does not pin it so."""
+    mine = [e for e in read_lockfile(lockfile) if e.repo_id == dependency.repo_id]
+    matching = tuple(e for e in mine if (e.requested if isinstance(e, LockedCommit) else e.revision) == dependency.requested)
+    if not matching:
+        found = f"locks it at {', '.join(sorted({str(e) for e in mine}))}" if mine else "does not lock it"
+        raise LockfileError(
+            f"Kernel {needed_by} depends on {dependency}, but lock file {lockfile} {found}; lock the project again "
+            "(`kernel-fx lock` or `kernels lock` lock a kernel's dependencies too)."
+        )
+    return matching
+
+
 def choose_locked(entries: list[LockEntry], repo_id: str, system: SystemInfo, lockfile: Path) -> LockedVariant:
     """The locked variant of `repo_id` that fits `system`.
 
@@ -204,21 +219,35 @@ def verified_dir(entry: LockedVariant, lockfile: Path) -> Path:
 
 
 def lock_kernels(specs: Iterable[KernelSpec], system: SystemInfo) -> list[LockedVariant]:
-    """Resolve each spec, download its variants and record their files' sha256.
+    """Resolve each spec, download its variants and record their files' sha256; the kernels a locked
+    variant depends on (`kernel-depends` in its metadata, see `deps`) are locked too, in the same list.
 
-    A spec without `variants` locks the variant that fits `system`.
+    A spec without `variants` locks the variant that fits `system`; a dependency locks those of the
+    same variants it has, else the one that fits `system`.
     """
-    entries = []
-    for spec in specs:
+    from .deps import kernel_dependencies
+    from .specs import KernelSpec
+
+    entries: list[LockedVariant] = []
+    pending, seen = list(specs), set()
+    while pending:
+        spec = pending.pop(0)
+        if (spec.repo_id, spec.revision, spec.version) in seen:
+            continue
+        seen.add((spec.repo_id, spec.revision, spec.version))
         resolved = resolve(spec.repo_id, revision=spec.revision, version=spec.version, system=system)
         for variant in _variants_to_lock(spec, resolved, system):
             variant_dir, commit = fetch(resolved, variant)
             entries.append(LockedVariant(spec.repo_id, resolved.repo_type, resolved.revision, commit, variant, hash_files(variant_dir)))
             logger.info("kernel_fx: locked %s", entries[-1])
+            for dep in kernel_dependencies(read_metadata(variant_dir), where=entries[-1]):
+                pending.append(KernelSpec(dep.repo_id, dep.revision, dep.version, spec.variants, dependency=True))
     return entries
 
 
 def _variants_to_lock(spec: KernelSpec, resolved: Resolved, system: SystemInfo) -> tuple[str, ...]:
+    if spec.dependency and spec.variants:
+        spec = replace(spec, variants=tuple(v for v in spec.variants if v in resolved.variants))
     if not spec.variants:
         return (choose_variant(list(resolved.variants), system, where=f"kernel repo {resolved}").name,)
     missing = [v for v in spec.variants if v not in resolved.variants]

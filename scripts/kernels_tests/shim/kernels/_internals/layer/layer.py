@@ -36,9 +36,12 @@ def _get_layer_memoize(*args, **kwargs):
 
 
 def _validate_layer(*, check_cls, cls, repo):
-    """kernel_fx's check of a kernel layer against the class it replaces, raising as `kernels` does."""
-    from kernel_fx.validation import layer_does_not_fit
+    """kernel_fx's check of kernel layer `cls` against the class it replaces (`validation.kernel_problem`),
+    raised as the `TypeError` `kernels` raises; the message is kernel_fx's, naming `repo`."""
+    import inspect
 
-    problem = layer_does_not_fit(cls, check_cls, repo)
+    from kernel_fx.validation import kernel_problem
+
+    problem = kernel_problem(cls, check_cls.forward, lambda: inspect.signature(check_cls.forward), owner=check_cls)
     if problem is not None:
-        raise problem
+        raise TypeError(f"Kernel layer `{cls.__name__}` from {repo} does not fit `{check_cls.__name__}`: {problem}")
