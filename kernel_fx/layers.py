@@ -263,8 +263,8 @@ def use_kernel_func_from_hub(func_name: str) -> Callable[[Callable[..., Any]], F
     ...     @use_kernel_func_from_hub("twice")
     ...     def twice(x):
     ...         return 2 * x
-    >>> twice(21), layer_name_of(twice)
-    (42, 'twice')
+    >>> twice(21), type(twice).kernel_layer_name, isinstance(twice, nn.Module)
+    (42, 'twice', True)
     """
     warnings.warn(
         "use_kernel_func_from_hub is deprecated (as in `kernels`); use @use_kernel_forward_from_hub on the function "
@@ -277,7 +277,10 @@ def use_kernel_func_from_hub(func_name: str) -> Callable[[Callable[..., Any]], F
     def decorator(fn: Callable[..., Any]) -> FunctionLayer:
         if isinstance(fn, type) or not callable(fn):
             raise MappingError(f"use_kernel_func_from_hub({func_name!r}) decorates a function, got {fn!r}.")
-        return FunctionLayer(KernelizableFunction(fn, func_name))
+        # A class per function carrying the name, as `kernels`' `Func` classes do: code checks
+        # `type(fn).kernel_layer_name` and `isinstance(fn, nn.Module)`.
+        module_class = type(f"FunctionLayer_{fn.__name__}", (FunctionLayer,), {LAYER_NAME_ATTR: func_name, "__module__": __name__})
+        return module_class(KernelizableFunction(fn, func_name))
 
     return decorator
 

@@ -273,3 +273,28 @@ def test_kernel_fx_lock_locks_the_dependencies_too(dependent_kernels):
 
     entries = lock_kernels([KernelSpec("org/user", version=1)], system_info())
     assert [(e.repo_id, e.revision, e.commit) for e in entries] == [("org/user", "v1", USER_COMMIT), ("org/einops", "v1", EINOPS_COMMIT)]
+
+
+# -- decorated functions -------------------------------------------------------------------------
+
+
+def test_the_deprecated_function_decorator_gives_a_module_whose_class_carries_the_name():
+    with pytest.warns(DeprecationWarning):
+        @kernel_fx.use_kernel_func_from_hub("identity_func")
+        def identity(x):
+            return x
+
+    assert isinstance(identity, nn.Module) and type(identity).kernel_layer_name == "identity_func"
+    x = torch.ones(2)
+    assert identity(x) is x
+
+
+def test_a_function_marked_for_use_kernelized_func_stays_a_plain_call_of_the_original():
+    """Not a module (a difference in the README's table): bare calls always run the original, and
+    each host decorated with use_kernelized_func gets its own module."""
+
+    @kernel_fx.use_kernel_forward_from_hub("identity_func")
+    def identity(x):
+        return x
+
+    assert not isinstance(identity, nn.Module) and identity.kernel_layer_name == "identity_func"
