@@ -298,3 +298,21 @@ def test_a_function_marked_for_use_kernelized_func_stays_a_plain_call_of_the_ori
         return x
 
     assert not isinstance(identity, nn.Module) and identity.kernel_layer_name == "identity_func"
+
+
+# -- downloads of every variant of a kernels.lock (`download --all-variants`) ---------------------
+
+
+def test_download_all_variants_checks_every_variant_of_the_locked_commit(dependent_kernels, tmp_path, capsys):
+    """Offline, every cached variant of the commit is checked, not only the one that fits this system."""
+    from kernel_fx.cli import main
+
+    other = dependent_kernels / "kernels--org--einops" / "snapshots" / EINOPS_COMMIT / "build" / "torch-cuda"
+    other.mkdir()
+    (other / "__init__.py").write_text("")
+    (other / "metadata.json").write_text(json.dumps({"id": "_einops_cuda", "backend": {"type": "cuda"}, "digest": {"sha256": {"__init__.py": "0" * 64}}}))
+    lock = _kernels_lock(tmp_path / "kernels.lock", ("org/einops", 1, EINOPS_COMMIT))
+
+    assert main(["download", str(lock)]) == 0  # this system's variant only: torch-universal
+    assert main(["download", str(lock), "--all-variants"]) == 1
+    assert "torch-cuda" in capsys.readouterr().err

@@ -259,10 +259,13 @@ def _variants_to_lock(spec: KernelSpec, resolved: Resolved, system: SystemInfo) 
 
 
 def download_locked(entries: Iterable[LockEntry], lockfile: Path, system: SystemInfo | None = None, *,
-                    user_agent: str | dict | None = None) -> list[Path]:
+                    user_agent: str | dict | None = None, all_variants: bool = False) -> list[Path]:
     """Make every locked variant present and verified in the cache; return their directories.
 
-    For a `kernels.lock` entry, that is the variant of its commit that fits `system` (default: this one).
+    For a `kernels.lock` entry, that is the variant of its commit that fits `system` (default: this one),
+    or with `all_variants` every variant of that commit, each checked against its metadata digest (as
+    `kernels download --all-variants`; offline, every variant of it in the cache). A `kernel-fx.lock`
+    names its variants: each is fetched and checked whatever `all_variants` says.
     """
     from . import remote
     from .variants import system_info
@@ -271,7 +274,7 @@ def download_locked(entries: Iterable[LockEntry], lockfile: Path, system: System
     paths = []
     for entry in entries:
         if isinstance(entry, LockedCommit):
-            paths.append(_download_commit(entry, lockfile, system, user_agent))
+            paths.extend(_download_all(entry, lockfile, user_agent) if all_variants else [_download_commit(entry, lockfile, system, user_agent)])
             continue
         if not entry.cached_dir().is_dir():
             if env.offline():
@@ -297,3 +300,30 @@ def _download_commit(entry: LockedCommit, lockfile: Path, system: SystemInfo, us
     variant_dir = verified_dir(locked, lockfile)
     check_digest(variant_dir, read_metadata(variant_dir), where=str(locked))
     return variant_dir
+
+
+def _download_all(entry: LockedCommit, lockfile: Path, user_agent: str | dict | None = None) -> list[Path]:
+    """Every variant of `entry`'s commit in the cache, each checked against its metadata digest."""
+    from . import remote
+
+    if env.offline():
+        folders = [cache.repo_folder(env.hub_cache_dir(), t, entry.repo_id) for t in ("kernel", "model")]
+        folder = next((f for f in folders if (f / "snapshots" / entry.commit).is_dir()), None)
+        if folder is None:
+            raise NotCachedError(f"{entry} (locked in {lockfile}) is not in the cache {env.hub_cache_dir()} and HF_HUB_OFFLINE is set; "
+                                 "unset it to download.")
+        repo_type, variants = folder.name.split("s--", 1)[0], cache.cached_variants(folder, entry.commit)
+    else:
+        resolved = remote.resolve_remote(entry.repo_id, entry.commit, None, user_agent=user_agent)
+        for variant in resolved.variants:
+            remote.download_variant(resolved, variant, user_agent=user_agent)
+        repo_type, variants = resolved.repo_type, list(resolved.variants)
+    if not variants:
+        raise NoVariantError(f"{entry} (locked in {lockfile}) has no build variants.")
+    paths = []
+    for variant in variants:
+        locked = LockedVariant(entry.repo_id, repo_type, entry.requested, entry.commit, variant, None)
+        variant_dir = verified_dir(locked, lockfile)
+        check_digest(variant_dir, read_metadata(variant_dir), where=str(locked))
+        paths.append(variant_dir)
+    return paths
