@@ -316,3 +316,11 @@ def test_download_all_variants_checks_every_variant_of_the_locked_commit(depende
     assert main(["download", str(lock)]) == 0  # this system's variant only: torch-universal
     assert main(["download", str(lock), "--all-variants"]) == 1
     assert "torch-cuda" in capsys.readouterr().err
+
+
+def test_a_kernel_that_imports_get_kernel_dep_from_kernels_loads_too(dependent_kernels):
+    """Hub kernels are written against the `kernels` package; its get_kernel_dep sees kernel_fx's loading."""
+    pytest.importorskip("kernels._internals.deps")
+    _cache_kernel(dependent_kernels, "org/hub-style", "d5" * 20, USES_EINOPS.replace("from kernel_fx", "from kernels"),
+                  depends=[{"repo-id": "org/einops", "version": 1}])
+    assert kernel_fx.get_kernel("org/hub-style", version=1).einops.COMMIT == EINOPS_COMMIT

@@ -106,12 +106,29 @@ def load_dependencies(metadata: Mapping[str, object], *, repo_id: str, where: ob
 
 @contextlib.contextmanager
 def providing(dependencies: Mapping[str, ModuleType]) -> Iterator[None]:
-    """While the block runs (a kernel's package being imported), `get_kernel_dep` returns these."""
+    """While the block runs (a kernel's package being imported), `get_kernel_dep` returns these, and
+    so does the `kernels` package's own `get_kernel_dep` (see `_kernels_providing`)."""
     token = _PROVIDED.set(dict(dependencies))
     try:
-        yield
+        with _kernels_providing(dependencies):
+            yield
     finally:
         _PROVIDED.reset(token)
+
+
+def _kernels_providing(dependencies: Mapping[str, ModuleType]) -> contextlib.AbstractContextManager:
+    """Kernels on the Hub write `from kernels import get_kernel_dep`, which reads a context variable of
+    the `kernels` package (0.19: set by `kernels._internals.deps.use_kernel_deps`, reset on exit). Set
+    it too for the import, so those kernels load here; where `kernels` is absent or has no such
+    function, only kernel_fx's `get_kernel_dep` works. Nothing is imported for a kernel without
+    dependencies."""
+    if not dependencies:
+        return contextlib.nullcontext()
+    try:
+        from kernels._internals.deps import use_kernel_deps  # type: ignore[import-not-found]
+    except Exception:  # absent, or another layout: a private name of another package
+        return contextlib.nullcontext()
+    return use_kernel_deps(dict(dependencies))
 
 
 def get_kernel_dep(repo_id: str) -> ModuleType:
