@@ -100,7 +100,7 @@ class LocalLayerRepository:
 
     def kernel(self, backend: str | None = None) -> ModuleType:
         """The kernel module, imported from the directory (see `kernel_fx.get_local_kernel`)."""
-        from .hub.local import get_local_kernel
+        from .hub.api import get_local_kernel
 
         return get_local_kernel(self.repo_path, backend=backend, check_arch=self.check_arch)
 
@@ -150,12 +150,11 @@ class LockedLayerRepository:
     def kernel(self, backend: str | None = None) -> ModuleType:
         """The locked kernel module (see `kernel_fx.get_locked_kernel`); `LOCAL_KERNELS` does not apply."""
         from .hub import env
-        from .hub.api import load_locked
-        from .hub.local import load_local
+        from .hub.api import load_local_kernel, load_locked
 
         override = env.local_kernels(locked=True).get(self.repo_id)
         if override is not None:
-            return load_local(override, backend=backend, repo_id=self.repo_id, check_arch=self.check_arch)
+            return load_local_kernel(override, backend=backend, repo_id=self.repo_id, check_arch=self.check_arch)
         return load_locked(self.repo_id, self.lock_path, self.locked, backend=backend, check_arch=self.check_arch, download=True)
 
     def load(self, backend: str | None = None) -> type[nn.Module]:

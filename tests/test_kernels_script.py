@@ -324,3 +324,8 @@ def test_a_kernel_that_imports_get_kernel_dep_from_kernels_loads_too(dependent_k
     _cache_kernel(dependent_kernels, "org/hub-style", "d5" * 20, USES_EINOPS.replace("from kernel_fx", "from kernels"),
                   depends=[{"repo-id": "org/einops", "version": 1}])
     assert kernel_fx.get_kernel("org/hub-style", version=1).einops.COMMIT == EINOPS_COMMIT
+
+
+def test_a_local_kernel_gets_its_dependencies_as_get_kernel_finds_them(dependent_kernels):
+    local = dependent_kernels / "kernels--org--user" / "snapshots" / USER_COMMIT
+    assert kernel_fx.get_local_kernel(local).einops.COMMIT == EINOPS_COMMIT
