@@ -18,6 +18,7 @@ from .errors import (
 )
 from .explain import Explanation, explain
 from .hub.api import get_kernel, get_kernel_variants, get_local_kernel, get_locked_kernel, has_kernel, load_kernel
+from .hub.deps import get_kernel_dep
 from .inspect_layers import KernelizedFunc, KernelizedLayer, KernelizedLayers, get_kernelized_layers
 from .kernelize import kernelize, report, unkernelize
 from .layers import (
@@ -92,6 +93,7 @@ __all__ = [
     "default_mapping",
     "explain",
     "get_kernel",
+    "get_kernel_dep",
     "get_kernel_variants",
     "get_kernelized_layers",
     "get_local_kernel",

@@ -53,6 +53,8 @@ def add_hub_commands(subparsers: argparse._SubParsersAction) -> None:
 
     download = subparsers.add_parser("download", help="fetch and verify every kernel of a lock file into the cache")
     download.add_argument("lockfile", type=Path, nargs="?", help="lock file (default: the nearest kernel-fx.lock)")
+    download.add_argument("--all-variants", action="store_true",
+                          help="for a kernels.lock: every build variant of each locked commit, not only this system's")
     download.set_defaults(func=_guarded(run_download))
 
 
@@ -154,9 +156,10 @@ def run_download(args: argparse.Namespace) -> int:
     path = args.lockfile or find_lockfile()
     _show_progress()
     entries = read_lockfile(path)
-    for entry, variant_dir in zip(entries, download_locked(entries, path)):
-        print(f"verified {entry}: {variant_dir}")
-    print(f"{len(entries)} locked variants are in the cache {env.hub_cache_dir()}")
+    variant_dirs = download_locked(entries, path, all_variants=getattr(args, "all_variants", False))
+    for variant_dir in variant_dirs:
+        print(f"verified {variant_dir}")
+    print(f"{len(variant_dirs)} locked variants of {len(entries)} kernels are in the cache {env.hub_cache_dir()}")
     return 0
 
 

@@ -189,8 +189,29 @@ def allowed_fallback(rejected: Rejected | None, allowed: KernelizeFallback = Ker
     return case is not None and case in allowed
 
 
-def raise_unless_allowed(rejected: Rejected | None, where: str, hint: str, allowed: KernelizeFallback = KernelizeFallback.NONE) -> None:
+def kernels_phrase(rejected: Rejected, layer_name: str, repository: str | None = None) -> str:
+    """The words the Hugging Face `kernels` package uses for `rejected` (its users match on them in
+    `pytest.raises(match=...)` and log filters), or "" where it has none.
+
+    >>> kernels_phrase(Rejected(Reason.NO_MAPPING, "no kernel mapped for layer 'Norm'"), "Norm")
+    'No layer mapping for `Norm`'
+    >>> kernels_phrase(Rejected(Reason.NOT_COMPILABLE, "kernel has can_torch_compile = False"), "Norm", "org/norm@v1")
+    'Function/layer from repo org/norm@v1 does not support torch.compile'
+    """
+    repo = f"repo {repository}" if repository else "its repo"
+    phrases = {
+        Reason.NO_MAPPING: f"No layer mapping for `{layer_name}`",
+        Reason.NOT_COMPILABLE: f"Function/layer from {repo} does not support torch.compile",
+        Reason.TRAINING_FALLBACK: f"Function/layer from {repo} does not support backward",
+        Reason.VALIDATION_FAILED: f"Kernel layer for `{layer_name}` from {repo} does not match the layer it replaces",
+    }
+    return phrases.get(rejected.reason, "")
+
+
+def raise_unless_allowed(rejected: Rejected | None, where: str, hint: str, allowed: KernelizeFallback = KernelizeFallback.NONE,
+                         phrase: str = "") -> None:
     """The one `use_fallback` rule of every path: raise `KernelizeError` naming the site (`where`),
-    the reason, and how to keep the original (`hint`), unless `allowed` covers the fallback."""
+    the reason, and how to keep the original (`hint`), unless `allowed` covers the fallback.
+    `phrase` (see `kernels_phrase`) goes first, for code that matches on `kernels`' messages."""
     if not allowed_fallback(rejected, allowed):
-        raise KernelizeError(f"Cannot kernelize {where}: {rejected}. {hint}")
+        raise KernelizeError(f"{phrase + ': ' if phrase else ''}Cannot kernelize {where}: {rejected}. {hint}")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Outcome, Reason, Rejected, raise_unless_allowed
+from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Outcome, Reason, Rejected, kernels_phrase, raise_unless_allowed
 from .devices import Device, device_index
 from .dtensor import fallbacks as dtensor_fallbacks
 from .errors import ArgumentTypeError, KernelFxError, MappingError
@@ -30,7 +30,7 @@ from .forwards import CONDITIONS, CallChecks, Condition, Finding, installed_forw
 from .hub_forwards import release_hub_forwards
 from .layers import extensible_modules, hub_function_hosts, layer_name_of, mark_hub_classes
 from .modes import Mode, check_kernelize_mode
-from .planner import KernelPlan, Planner, SitePlan
+from .planner import KernelPlan, Planner, SitePlan, repository_label
 from .report import Report
 from .switches import disabled_by
 from .verification import Verify
@@ -228,8 +228,9 @@ def _raise_on_fallback(path: str, layer_name: str, device: Device, mode: Mode | 
     for condition, plan in plans.items():
         if mode is None and condition.compiling != needs_compile:
             continue  # conditions the caller did not ask for do not count as fallbacks
+        phrase = kernels_phrase(plan.rejected, layer_name, repository_label(plan.repository) if plan.repository else None) if plan.rejected else ""
         raise_unless_allowed(plan.rejected, f"{path or '<root>'} (layer {layer_name!r}) on device {device} in mode {condition.mode!s}",
-                             "Pass use_fallback=True to keep the original forward.", allowed)
+                             "Pass use_fallback=True to keep the original forward.", allowed, phrase)
 
 
 # -- installing -------------------------------------------------------------------------------

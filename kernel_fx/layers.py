@@ -222,8 +222,11 @@ def use_kernelized_func(*functions: KernelizableFunction) -> Callable[[type[nn.M
     """
     for fn in functions:
         if not isinstance(fn, KernelizableFunction):
-            raise MappingError(
-                f"use_kernelized_func got {fn!r}; decorate the function with @use_kernel_forward_from_hub(name) first."
+            name = getattr(fn, "__name__", repr(fn))
+            raise MappingError(  # its first sentence is `kernels`' wording, which its users match on
+                f"Function `{name}` is not decorated with @use_kernel_forward_from_hub and cannot be used with "
+                f"@use_kernelized_func: use_kernelized_func got {fn!r}; decorate the function with "
+                "@use_kernel_forward_from_hub(name) first."
             )
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
@@ -260,8 +263,8 @@ def use_kernel_func_from_hub(func_name: str) -> Callable[[Callable[..., Any]], F
     ...     @use_kernel_func_from_hub("twice")
     ...     def twice(x):
     ...         return 2 * x
-    >>> twice(21), layer_name_of(twice)
-    (42, 'twice')
+    >>> twice(21), type(twice).kernel_layer_name, isinstance(twice, nn.Module)
+    (42, 'twice', True)
     """
     warnings.warn(
         "use_kernel_func_from_hub is deprecated (as in `kernels`); use @use_kernel_forward_from_hub on the function "
@@ -274,7 +277,10 @@ def use_kernel_func_from_hub(func_name: str) -> Callable[[Callable[..., Any]], F
     def decorator(fn: Callable[..., Any]) -> FunctionLayer:
         if isinstance(fn, type) or not callable(fn):
             raise MappingError(f"use_kernel_func_from_hub({func_name!r}) decorates a function, got {fn!r}.")
-        return FunctionLayer(KernelizableFunction(fn, func_name))
+        # A class per function carrying the name, as `kernels`' `Func` classes do: code checks
+        # `type(fn).kernel_layer_name` and `isinstance(fn, nn.Module)`.
+        module_class = type(f"FunctionLayer_{fn.__name__}", (FunctionLayer,), {LAYER_NAME_ATTR: func_name, "__module__": __name__})
+        return module_class(KernelizableFunction(fn, func_name))
 
     return decorator
 
@@ -370,6 +376,15 @@ def forward_override(cls: type) -> tuple[type, type] | None:
     if named is None or own is None or own is named or not issubclass(own, named):
         return None
     return own, named
+
+
+def signature_owner(module: nn.Module) -> object:
+    """What fixes the signature a kernel must match at `module`: the function of a function module
+    (every function module shares `FunctionLayer.forward`, so the forward cannot tell them apart),
+    else the module's class. Caches of validation verdicts are keyed by it."""
+    if isinstance(module, FunctionLayer):
+        return module.function.fn
+    return type(module)
 
 
 def original_signature(module: nn.Module) -> inspect.Signature:

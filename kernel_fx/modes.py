@@ -70,7 +70,10 @@ def check_kernelize_mode(mode: Mode) -> Mode:
         raise MappingError(f"mode={mode!r} is not a kernel_fx.Mode; use e.g. Mode.INFERENCE or Mode.TRAINING | Mode.TORCH_COMPILE.")
     if mode not in _FALLBACK_CHAINS:
         allowed = ", ".join(str(m) for m in _FALLBACK_CHAINS)
-        raise MappingError(f"kernelize cannot run in mode {mode!s}; allowed modes are: {allowed}.")
+        # The first clause is `kernels`' wording, which its users match on; ours follows it.
+        why = ("Mode.FALLBACK can only be used to register kernel mappings" if mode is Mode.FALLBACK
+               else "kernelize mode must contain Mode.INFERENCE or Mode.TRAINING")
+        raise MappingError(f"{why}: kernelize cannot run in mode {mode!s}; allowed modes are: {allowed}.")
     return mode
 
 

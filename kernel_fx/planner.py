@@ -36,7 +36,7 @@ from .devices import Device, read_capability
 from .errors import KernelFallbackWarning
 from .forwards import CONDITIONS, Condition, ForwardPlan, original_forward, plan_forward
 from .hub.errors import LockfileError
-from .layers import LAYER_NAME_ATTR, condition_allows, condition_of, forward_override, original_signature
+from .layers import LAYER_NAME_ATTR, condition_allows, condition_of, forward_override, original_signature, signature_owner
 from .mapping import Choice, resolve
 from .modes import Mode
 from .repos import AnyRepository, load_layer
@@ -105,9 +105,11 @@ class Planner:
         if overridden is not None:
             return self.skipped(module, layer_name, overridden)
         if not condition_allows(module):
+            # `kernels`' INFO line, word for word: its users filter logs on it.
+            logger.info("Skipping kernelization for `%s` using `%s` due to kernel_condition.", type(module).__name__, layer_name)
             return self.skipped(module, layer_name, CONDITION_FALSE)
         original = original_forward(module)
-        key = (layer_name, type(module), original)
+        key = (layer_name, type(module), original, signature_owner(module))
         if key not in self._sites:
             plans = {c: self._plan(module, layer_name, original, c) for c in self.conditions}
             if self.compile_only:  # eager calls too use only compile-able kernels
@@ -155,13 +157,15 @@ class Planner:
         return SitePlan(plans, site_decisions(module, layer_name, plans, self.device), forward)
 
     def _plan(self, module: nn.Module, layer_name: str, original: Any, condition: Condition) -> KernelPlan:
-        key = (layer_name, original, condition)
+        owner = signature_owner(module)
+        key = (layer_name, original, owner, condition)
         if key not in self._plans:
-            self._plans[key] = self._fresh_plan(type(module).__name__, layer_name, original, lambda: original_signature(module), condition)
+            self._plans[key] = self._fresh_plan(type(module).__name__, layer_name, original, lambda: original_signature(module),
+                                                condition, owner)
         return self._plans[key]
 
     def _fresh_plan(self, owner: str, layer_name: str, original: Any, signature: Callable[[], inspect.Signature],
-                    condition: Condition) -> KernelPlan:
+                    condition: Condition, signature_from: object = None) -> KernelPlan:
         choice = resolve(layer_name, self.device, condition.mode, capability=self.capability)
         if isinstance(choice, Rejected):
             return KernelPlan(None, None, choice)
@@ -169,7 +173,7 @@ class Planner:
         repo = choice.repository
         if isinstance(kernel, Exception):
             return KernelPlan(None, repo, Rejected(Reason.LOAD_FAILED, f"{type(kernel).__name__}: {kernel}"))
-        problem = kernel_problem(kernel, original, signature)
+        problem = kernel_problem(kernel, original, signature, signature_from if signature_from is not None else original)
         if problem:
             where = f"kernel layer {layer_name} from {repository_label(repo)}"
             return KernelPlan(None, repo, Rejected(Reason.VALIDATION_FAILED, f"{where} does not fit {owner}: {problem}"))

@@ -1,7 +1,9 @@
 """Where a layer's kernel comes from: a Hub repo, a local directory, or a lock file (and, deprecated as in
 `kernels`, a function of one of those).
 
-Repositories are frozen dataclasses, so they are hashable mapping values and print clearly:
+Repositories are dataclasses hashed and compared by their fields, so they are mapping values and print
+clearly; they are ordinary objects otherwise, so code written for `kernels` can replace `load` on an
+instance (tests stub loading that way):
 
 >>> LayerRepository("kernels-community/activation", layer_name="SiluAndMul", version=1)
 LayerRepository(repo_id='kernels-community/activation', layer_name='SiluAndMul', revision=None, version=1, trust_remote_code=False, check_arch=True)
@@ -32,7 +34,7 @@ class Repository(Protocol):
     def load(self) -> type[nn.Module]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class LayerRepository:
     """Layer `layer_name` of Hub kernel repo `repo_id`, at a `revision` or `version` (branch `v<N>`).
 
@@ -80,7 +82,7 @@ class LayerRepository:
         return layer_from_kernel(self.kernel(backend), self.layer_name, self.repo_id)
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class LocalLayerRepository:
     """Layer `layer_name` of a kernel repo in a local directory (containing `build/<variant>/`)."""
 
@@ -98,7 +100,7 @@ class LocalLayerRepository:
 
     def kernel(self, backend: str | None = None) -> ModuleType:
         """The kernel module, imported from the directory (see `kernel_fx.get_local_kernel`)."""
-        from .hub.local import get_local_kernel
+        from .hub.api import get_local_kernel
 
         return get_local_kernel(self.repo_path, backend=backend, check_arch=self.check_arch)
 
@@ -106,7 +108,7 @@ class LocalLayerRepository:
         return layer_from_kernel(self.kernel(backend), self.layer_name, str(self.repo_path))
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class LockedLayerRepository:
     """Layer `layer_name` of `repo_id` pinned by a lock file, verified before import.
 
@@ -148,12 +150,11 @@ class LockedLayerRepository:
     def kernel(self, backend: str | None = None) -> ModuleType:
         """The locked kernel module (see `kernel_fx.get_locked_kernel`); `LOCAL_KERNELS` does not apply."""
         from .hub import env
-        from .hub.api import load_locked
-        from .hub.local import load_local
+        from .hub.api import load_local_kernel, load_locked
 
         override = env.local_kernels(locked=True).get(self.repo_id)
         if override is not None:
-            return load_local(override, backend=backend, repo_id=self.repo_id, check_arch=self.check_arch)
+            return load_local_kernel(override, backend=backend, repo_id=self.repo_id, check_arch=self.check_arch)
         return load_locked(self.repo_id, self.lock_path, self.locked, backend=backend, check_arch=self.check_arch, download=True)
 
     def load(self, backend: str | None = None) -> type[nn.Module]:
@@ -163,7 +164,7 @@ class LockedLayerRepository:
 # -- functions (deprecated in `kernels`, kept for code written against it) ---------------------
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class FuncRepository:
     """Deprecated (as in `kernels`): function `func_name` at the top level of Hub kernel repo `repo_id`,
     wrapped into a kernel layer whose forward calls it. Prefer `LayerRepository`."""
@@ -195,7 +196,7 @@ class FuncRepository:
         return func_layer(self._source().kernel(backend), self.func_name, self.repo_id)
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class LocalFuncRepository:
     """Deprecated (as in `kernels`): function `func_name` of a kernel repo in a local directory.
 
@@ -228,7 +229,7 @@ class LocalFuncRepository:
         return func_layer(self._source().kernel(backend), self.func_name, str(self.repo_path))
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class LockedFuncRepository:
     """Deprecated (as in `kernels`): function `func_name` of `repo_id` pinned by a lock file (read at
     construction, see `LockedLayerRepository`)."""
@@ -298,8 +299,15 @@ def func_layer(kernel: ModuleType, func_name: str, where: str) -> type[nn.Module
 
 
 def load_layer(repo: AnyRepository, backend: str) -> type[nn.Module]:
-    """Load `repo`'s layer class; our repositories pick the build variant for `backend`."""
-    if isinstance(repo, OUR_REPOSITORIES):
+    """Load `repo`'s layer class; our repositories pick the build variant for `backend`, unless
+    `load` was replaced on the instance, which is then called as `kernels` calls it: `repo.load()`.
+
+    >>> repo = LayerRepository("org/act", layer_name="SiluAndMul", version=1)
+    >>> repo.load = lambda: nn.Identity
+    >>> load_layer(repo, "cpu") is nn.Identity, repo == LayerRepository("org/act", layer_name="SiluAndMul", version=1)
+    (True, True)
+    """
+    if isinstance(repo, OUR_REPOSITORIES) and "load" not in vars(repo):
         return repo.load(backend=backend)
     return repo.load()
 

@@ -20,15 +20,32 @@ _IGNORED = frozenset(
      "__annotate_func__", "__annotations_cache__"}
 )
 
-_cache: dict[tuple[type, Any], str | None] = {}
+_cache: dict[tuple[object, Any, object], str | None] = {}
 
 
-def kernel_problem(kernel: object, original: Callable[..., Any], original_sig: Callable[[], inspect.Signature]) -> str | None:
+def kernel_problem(kernel: object, original: Callable[..., Any], original_sig: Callable[[], inspect.Signature],
+                   owner: object = None) -> str | None:
     """Why `kernel` cannot replace the forward `original`, or None when it can.
 
-    `original` keys the cache; `original_sig` gives its signature (with `self`) when needed.
+    `original` and `owner` (what fixes the signature, see `layers.signature_owner`) key the cache:
+    every function module shares one forward, so the forward alone would hand one function's
+    verdict to every other function mapped to the same kernel. `original_sig` gives the signature
+    (with `self`) when needed.
+
+    >>> from torch import nn
+    >>> class Kernel(nn.Module):
+    ...     def forward(self, x):
+    ...         return x
+    >>> def shared(self, *args):
+    ...     pass
+    >>> one = lambda: inspect.signature(lambda self, x: None)
+    >>> two = lambda: inspect.signature(lambda self, x, y: None)
+    >>> kernel_problem(Kernel, shared, one, owner="one") is None
+    True
+    >>> kernel_problem(Kernel, shared, two, owner="two")
+    'forward takes (self, x), the original takes (self, x, y)'
     """
-    key = (kernel, original)
+    key = (kernel, original, owner)
     if key not in _cache:
         _cache[key] = _class_problem(kernel) or _signature_problem(kernel, original_sig())  # type: ignore[arg-type]
     return _cache[key]

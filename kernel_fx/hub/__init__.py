@@ -13,5 +13,6 @@
     locks       kernel-fx.lock: write, read, pre-fetch; kernels_lock: the kernels package's kernels.lock
     specs       what a project declares
     importer    import a variant under its metadata id; archives: zipped builds; local: local directories
+    deps        kernels a kernel depends on (`kernel-depends`), loaded first; `get_kernel_dep` during its import
     env         the environment variables, read at call time; errors: one type per cause
 """

@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import MappingError
 from . import archs, env
+from .deps import load_dependencies
 from .errors import KernelRepoNotFoundError, KernelRevisionNotFoundError
 from .importer import KernelSource, import_variant, imported, read_metadata
 from .integrity import check_digest
-from .local import get_local_kernel, load_local, local_variant_checks
+from .local import load_local, local_variant_checks
 from .resolve import fetch, resolve
 from .revisions import Resolved
 from .trust import TrustSetting, check_trust_setting, check_trusted
@@ -85,7 +86,7 @@ def get_kernel(
     check_trust_setting(trust_remote_code)
     override = env.local_kernels().get(repo_id)
     if override is not None:
-        return load_local(override, backend=backend, repo_id=repo_id, check_arch=check_arch)
+        return load_local_kernel(override, backend=backend, repo_id=repo_id, check_arch=check_arch)
     system = system_info(backend)
     resolved = resolve(repo_id, revision=revision, version=version, system=system, user_agent=user_agent)
     choice = choose_variant(list(resolved.variants), system, where=_where(resolved))
@@ -101,7 +102,27 @@ def get_kernel(
     check_digest(variant_dir, metadata, where=where)
     unpinned = revision is None and version is None
     source = KernelSource(repo_id, choice.name, str(variant_dir), revision=resolved.revision, commit=commit, unpinned=unpinned)
-    return import_variant(variant_dir, source)
+    dependencies = load_dependencies(metadata, repo_id=repo_id, where=where, load=lambda dep: get_kernel(
+        dep.repo_id, revision=dep.revision, version=dep.version, backend=backend, trust_remote_code=trust_remote_code,
+        user_agent=user_agent, check_arch=check_arch))
+    return import_variant(variant_dir, source, dependencies)
+
+
+def get_local_kernel(repo_path: str | Path, *, backend: str | None = None, check_arch: bool = True) -> ModuleType:
+    """Import the variant of the local kernel repo at `repo_path` that fits this system; the kernels it
+    depends on come from `LOCAL_KERNELS` or the Hub, as `get_kernel` finds them.
+
+    `repo_path` may also point straight at a variant directory (one holding `__init__.py` or, for
+    a zipped build, `metadata.json`). `check_arch=False` skips the device check (see `archs`).
+    """
+    return load_local_kernel(repo_path, backend=backend, check_arch=check_arch)
+
+
+def load_local_kernel(repo_path: str | Path, *, backend: str | None = None, repo_id: str | None = None,
+                      check_arch: bool = True) -> ModuleType:
+    """`get_local_kernel`, labelled `repo_id (local path)` when it stands in for a Hub repo (`LOCAL_KERNELS`)."""
+    return load_local(repo_path, backend=backend, repo_id=repo_id, check_arch=check_arch, load_dependency=lambda dep: get_kernel(
+        dep.repo_id, revision=dep.revision, version=dep.version, backend=backend, check_arch=check_arch))
 
 
 def has_kernel(
@@ -164,7 +185,7 @@ def load_kernel(
     """
     override = env.local_kernels(locked=True).get(repo_id)
     if override is not None:
-        return load_local(override, backend=backend, repo_id=repo_id, check_arch=check_arch)
+        return load_local_kernel(override, backend=backend, repo_id=repo_id, check_arch=check_arch)
     from .locks import locked_entries
 
     path, entries = locked_entries(repo_id, lockfile)
@@ -186,7 +207,7 @@ def get_locked_kernel(
     check_trust_setting(trust_remote_code)
     override = env.local_kernels(locked=True).get(repo_id)
     if override is not None:
-        return load_local(override, backend=backend, repo_id=repo_id, check_arch=check_arch)
+        return load_local_kernel(override, backend=backend, repo_id=repo_id, check_arch=check_arch)
     from .locks import locked_entries
 
     path, entries = locked_entries(repo_id, lockfile)
@@ -197,7 +218,7 @@ def load_locked(repo_id: str, lockfile: Path, entries: Sequence[LockEntry], *, b
                 download: bool = False, user_agent: str | dict | None = None) -> ModuleType:
     """Import `repo_id` pinned by `entries` (its entries of `lockfile`, already read), after checking its
     files; `download` fetches a locked variant missing from the cache unless offline."""
-    from .locks import LockedCommit, choose_locked, download_locked, verified_dir
+    from .locks import LockedCommit, choose_locked, dependency_entries, download_locked, verified_dir
 
     system = system_info(backend)
     if download and not env.offline():
@@ -215,7 +236,11 @@ def load_locked(repo_id: str, lockfile: Path, entries: Sequence[LockEntry], *, b
         return module
     check_digest(variant_dir, metadata, where=str(entry), warn_missing=entry.files is None)
     source = KernelSource(repo_id, entry.variant, str(variant_dir), revision=entry.revision, commit=entry.commit)
-    return import_variant(variant_dir, source)
+    # A dependency is pinned by the same lock file (`kernels lock` and `kernel-fx lock` lock them flat).
+    dependencies = load_dependencies(metadata, repo_id=repo_id, where=entry, load=lambda dep: load_locked(
+        dep.repo_id, lockfile, dependency_entries(dep, lockfile, needed_by=repo_id), backend=backend, check_arch=check_arch,
+        download=download, user_agent=user_agent))
+    return import_variant(variant_dir, source, dependencies)
 
 
 def _check_request(repo_id: object, revision: object, version: object) -> None:

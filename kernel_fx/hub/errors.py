@@ -66,3 +66,8 @@ class EnvironmentVariableError(KernelLoadError, ValueError):
 
 class UnsupportedArchError(KernelLoadError, RuntimeError):
     """The build's declared archs (metadata `backend.archs`) do not include this device; `check_arch=False` skips the check."""
+
+
+class KernelDependencyError(KernelLoadError, RuntimeError):
+    """A kernel's dependencies (`kernel-depends` in its metadata) are malformed, form a cycle, or are asked
+    for with `get_kernel_dep` outside the kernel's import or without being declared."""

@@ -17,12 +17,14 @@ import logging
 import re
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from ..errors import KernelLoadError
 from . import archives, env
+from .deps import providing
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +109,9 @@ def imported(variant_dir: Path) -> ModuleType | None:
     return _imported.get(Path(variant_dir).resolve())
 
 
-def import_variant(variant_dir: Path, source: KernelSource) -> ModuleType:
-    """Import `variant_dir/__init__.py` as a package and tag it with `source`.
+def import_variant(variant_dir: Path, source: KernelSource, dependencies: Mapping[str, ModuleType] | None = None) -> ModuleType:
+    """Import `variant_dir/__init__.py` as a package and tag it with `source`; while its code runs,
+    `get_kernel_dep` hands it `dependencies` ({repo id: module}, see `deps`).
 
     A failing import leaves no half-imported modules behind and names repo, revision, variant
     and the original exception.
@@ -121,7 +124,8 @@ def import_variant(variant_dir: Path, source: KernelSource) -> ModuleType:
         metadata = read_metadata(variant_dir)
         package = find_package(variant_dir, metadata, label=f"{source} variant {source.variant!r}")
         name = module_name_for(variant_dir, metadata, package)
-        module = _exec_package(name, package, source)
+        with providing(dependencies or {}):
+            module = _exec_package(name, package, source)
         setattr(module, SOURCE_ATTR, source)
         _imported[variant_dir] = module
         logger.debug("imported kernel %s (%s) as %s", source, source.variant, name)

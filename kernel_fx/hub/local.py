@@ -8,17 +8,20 @@ Local code is the user's own: no trust gate and no digest check (it is edited in
 >>> repo = Path(tempfile.mkdtemp())
 >>> (repo / "build" / "torch-universal").mkdir(parents=True)
 >>> _ = (repo / "build" / "torch-universal" / "__init__.py").write_text("def twice(x):\\n    return 2 * x\\n")
->>> get_local_kernel(repo).twice(21)
+>>> load_local(repo).twice(21)
 42
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 from ..errors import KernelLoadError
 from . import archs
+from .deps import KernelDependency, load_dependencies
+from .errors import KernelDependencyError
 from .importer import KernelSource, import_variant, read_metadata
 from .variants import VariantCheck, check_variants, choose_variant, parse_variant, system_info
 
@@ -39,26 +42,32 @@ def list_local_variants(repo_path: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
 
-def get_local_kernel(repo_path: str | Path, *, backend: str | None = None, check_arch: bool = True) -> ModuleType:
-    """Import the variant of the local kernel repo at `repo_path` that fits this system.
-
-    `repo_path` may also point straight at a variant directory (one holding `__init__.py` or, for
-    a zipped build, `metadata.json`). `check_arch=False` skips the device check (see `archs`).
-    """
-    return load_local(repo_path, backend=backend, check_arch=check_arch)
-
-
 def load_local(
-    repo_path: str | Path, *, backend: str | None = None, repo_id: str | None = None, check_arch: bool = True
+    repo_path: str | Path, *, backend: str | None = None, repo_id: str | None = None, check_arch: bool = True,
+    load_dependency: Callable[[KernelDependency], ModuleType] | None = None,
 ) -> ModuleType:
-    """`get_local_kernel`, labelled `repo_id (local path)` when it stands in for a Hub repo."""
+    """Import the variant of the local kernel repo at `repo_path` that fits this system, labelled
+    `repo_id (local path)` when it stands in for a Hub repo (`kernel_fx.get_local_kernel` is the public
+    form). `repo_path` may also point straight at a variant directory (one holding `__init__.py` or,
+    for a zipped build, `metadata.json`). `check_arch=False` skips the device check (see `archs`).
+    The kernels it depends on (`kernel-depends`) are loaded by `load_dependency`; without one, such
+    a kernel raises `KernelDependencyError`.
+    """
     repo_path = Path(repo_path).expanduser().resolve()
     label = f"{repo_id} (local {repo_path})" if repo_id else str(repo_path)
     variant_dir = local_variant_dir(repo_path, backend=backend, label=label)
     variant = variant_dir.name
+    metadata = read_metadata(variant_dir)
+    where = f"{label} variant {variant}"
     if check_arch:
-        archs.check_arch(read_metadata(variant_dir), where=f"{label} variant {variant}")
-    return import_variant(variant_dir, KernelSource(label, variant, str(variant_dir)))
+        archs.check_arch(metadata, where=where)
+    dependencies = load_dependencies(metadata, repo_id=repo_id or str(repo_path), where=where,
+                                     load=load_dependency or (lambda dep: _no_loader(dep, where)))
+    return import_variant(variant_dir, KernelSource(label, variant, str(variant_dir)), dependencies)
+
+
+def _no_loader(dependency: KernelDependency, where: str) -> ModuleType:
+    raise KernelDependencyError(f"{where} depends on {dependency}; load it with kernel_fx.get_local_kernel, which fetches dependencies.")
 
 
 def local_variant_dir(repo_path: Path, *, backend: str | None = None, label: str | None = None) -> Path:

@@ -27,7 +27,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from .revisions import Resolved
 from .variants import SystemInfo, choose_variant
 
 if TYPE_CHECKING:
+    from .deps import KernelDependency
     from .specs import KernelSpec
 
 logger = logging.getLogger(__name__)
@@ -153,6 +154,20 @@ def locked_entries(repo_id: str, lockfile: str | Path | None) -> tuple[Path, tup
     return path, mine
 
 
+def dependency_entries(dependency: KernelDependency, lockfile: Path, *, needed_by: str) -> tuple[LockEntry, ...]:
+    """The entries of `lockfile` that pin `dependency` (a kernel `needed_by` depends on) at the version or
+    revision it asks for; `LockfileError` when the lock does not pin it so."""
+    mine = [e for e in read_lockfile(lockfile) if e.repo_id == dependency.repo_id]
+    matching = tuple(e for e in mine if (e.requested if isinstance(e, LockedCommit) else e.revision) == dependency.requested)
+    if not matching:
+        found = f"locks it at {', '.join(sorted({str(e) for e in mine}))}" if mine else "does not lock it"
+        raise LockfileError(
+            f"Kernel {needed_by} depends on {dependency}, but lock file {lockfile} {found}; lock the project again "
+            "(`kernel-fx lock` or `kernels lock` lock a kernel's dependencies too)."
+        )
+    return matching
+
+
 def choose_locked(entries: list[LockEntry], repo_id: str, system: SystemInfo, lockfile: Path) -> LockedVariant:
     """The locked variant of `repo_id` that fits `system`.
 
@@ -204,21 +219,35 @@ def verified_dir(entry: LockedVariant, lockfile: Path) -> Path:
 
 
 def lock_kernels(specs: Iterable[KernelSpec], system: SystemInfo) -> list[LockedVariant]:
-    """Resolve each spec, download its variants and record their files' sha256.
+    """Resolve each spec, download its variants and record their files' sha256; the kernels a locked
+    variant depends on (`kernel-depends` in its metadata, see `deps`) are locked too, in the same list.
 
-    A spec without `variants` locks the variant that fits `system`.
+    A spec without `variants` locks the variant that fits `system`; a dependency locks those of the
+    same variants it has, else the one that fits `system`.
     """
-    entries = []
-    for spec in specs:
+    from .deps import kernel_dependencies
+    from .specs import KernelSpec
+
+    entries: list[LockedVariant] = []
+    pending, seen = list(specs), set()
+    while pending:
+        spec = pending.pop(0)
+        if (spec.repo_id, spec.revision, spec.version) in seen:
+            continue
+        seen.add((spec.repo_id, spec.revision, spec.version))
         resolved = resolve(spec.repo_id, revision=spec.revision, version=spec.version, system=system)
         for variant in _variants_to_lock(spec, resolved, system):
             variant_dir, commit = fetch(resolved, variant)
             entries.append(LockedVariant(spec.repo_id, resolved.repo_type, resolved.revision, commit, variant, hash_files(variant_dir)))
             logger.info("kernel_fx: locked %s", entries[-1])
+            for dep in kernel_dependencies(read_metadata(variant_dir), where=entries[-1]):
+                pending.append(KernelSpec(dep.repo_id, dep.revision, dep.version, spec.variants, dependency=True))
     return entries
 
 
 def _variants_to_lock(spec: KernelSpec, resolved: Resolved, system: SystemInfo) -> tuple[str, ...]:
+    if spec.dependency and spec.variants:
+        spec = replace(spec, variants=tuple(v for v in spec.variants if v in resolved.variants))
     if not spec.variants:
         return (choose_variant(list(resolved.variants), system, where=f"kernel repo {resolved}").name,)
     missing = [v for v in spec.variants if v not in resolved.variants]
@@ -230,10 +259,13 @@ def _variants_to_lock(spec: KernelSpec, resolved: Resolved, system: SystemInfo) 
 
 
 def download_locked(entries: Iterable[LockEntry], lockfile: Path, system: SystemInfo | None = None, *,
-                    user_agent: str | dict | None = None) -> list[Path]:
+                    user_agent: str | dict | None = None, all_variants: bool = False) -> list[Path]:
     """Make every locked variant present and verified in the cache; return their directories.
 
-    For a `kernels.lock` entry, that is the variant of its commit that fits `system` (default: this one).
+    For a `kernels.lock` entry, that is the variant of its commit that fits `system` (default: this one),
+    or with `all_variants` every variant of that commit, each checked against its metadata digest (as
+    `kernels download --all-variants`; offline, every variant of it in the cache). A `kernel-fx.lock`
+    names its variants: each is fetched and checked whatever `all_variants` says.
     """
     from . import remote
     from .variants import system_info
@@ -242,7 +274,7 @@ def download_locked(entries: Iterable[LockEntry], lockfile: Path, system: System
     paths = []
     for entry in entries:
         if isinstance(entry, LockedCommit):
-            paths.append(_download_commit(entry, lockfile, system, user_agent))
+            paths.extend(_download_all(entry, lockfile, user_agent) if all_variants else [_download_commit(entry, lockfile, system, user_agent)])
             continue
         if not entry.cached_dir().is_dir():
             if env.offline():
@@ -268,3 +300,30 @@ def _download_commit(entry: LockedCommit, lockfile: Path, system: SystemInfo, us
     variant_dir = verified_dir(locked, lockfile)
     check_digest(variant_dir, read_metadata(variant_dir), where=str(locked))
     return variant_dir
+
+
+def _download_all(entry: LockedCommit, lockfile: Path, user_agent: str | dict | None = None) -> list[Path]:
+    """Every variant of `entry`'s commit in the cache, each checked against its metadata digest."""
+    from . import remote
+
+    if env.offline():
+        folders = [cache.repo_folder(env.hub_cache_dir(), t, entry.repo_id) for t in ("kernel", "model")]
+        folder = next((f for f in folders if (f / "snapshots" / entry.commit).is_dir()), None)
+        if folder is None:
+            raise NotCachedError(f"{entry} (locked in {lockfile}) is not in the cache {env.hub_cache_dir()} and HF_HUB_OFFLINE is set; "
+                                 "unset it to download.")
+        repo_type, variants = folder.name.split("s--", 1)[0], cache.cached_variants(folder, entry.commit)
+    else:
+        resolved = remote.resolve_remote(entry.repo_id, entry.commit, None, user_agent=user_agent)
+        for variant in resolved.variants:
+            remote.download_variant(resolved, variant, user_agent=user_agent)
+        repo_type, variants = resolved.repo_type, list(resolved.variants)
+    if not variants:
+        raise NoVariantError(f"{entry} (locked in {lockfile}) has no build variants.")
+    paths = []
+    for variant in variants:
+        locked = LockedVariant(entry.repo_id, repo_type, entry.requested, entry.commit, variant, None)
+        variant_dir = verified_dir(locked, lockfile)
+        check_digest(variant_dir, read_metadata(variant_dir), where=str(locked))
+        paths.append(variant_dir)
+    return paths

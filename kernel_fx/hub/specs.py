@@ -31,6 +31,7 @@ class KernelSpec:
     revision: str | None = None
     version: int | None = None
     variants: tuple[str, ...] = ()
+    dependency: bool = False  # locked because a locked kernel depends on it: `variants` it lacks are skipped
 
     def __post_init__(self) -> None:
         if not REPO_ID.match(self.repo_id):

@@ -17,7 +17,7 @@ TRITON_CONSTANT_INPUTS = {"ApplyRotary": 2}
 
 def load_variant(variant_dir: Path) -> types.ModuleType:
     """The variant imported by kernel_fx's own loader (under its metadata id)."""
-    from kernel_fx.hub.local import get_local_kernel
+    from kernel_fx import get_local_kernel
 
     return get_local_kernel(variant_dir)
 
