@@ -60,6 +60,7 @@ class Reason(str, Enum):
     OPAQUE_ALIASING = "aliased output"  # an output is a view of an input that is written later
     OPAQUE_SIDE_EFFECT = "side effect under autograd"  # the opaque backward would run the writes twice
     OPAQUE_NO_METADATA = "no output metadata"  # the original could not run on fake tensors
+    OPAQUE_UNKNOWN_EFFECTS = "unknown effects"  # the kernel's writes not found on fakes, and the original writes
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 `make_case(seed)` draws a model: marked layers with one to three tensor inputs passed by position
 and keyword, defaults and non-tensor arguments, shared instances, a nested marked layer, layers
 held in containers, tuple and dict outputs, in-place ops, views written through, buffers a kernel
-writes, dtype changes and graph breaks; a kernel flavour per layer (traced, opaque, without
+writes (and buffers both write, read back into the output), dtype changes and graph breaks; a kernel flavour per layer (traced, opaque, without
 backward); inference or training; `dynamic=True` or not. `run_case(case, repos)` runs it eagerly,
 kernelized and compiled with `hubkernels`, and compares outputs, gradients and the kernels'
 step counters against eager. A wrong output is a failure; a site that keeps its original with a
@@ -118,6 +118,21 @@ class FzCounter(nn.Module):
         return torch.tanh(x) * self.weight
 
 
+@kernel_fx.use_kernel_forward_from_hub("FzTally")
+class FzTally(nn.Module):
+    """Counts its calls in a buffer and adds the count to its output: the original and the kernel
+    both write the buffer, and a lost or doubled write shows in the numbers (issue 19)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, WIDTH))
+        self.register_buffer("tally", torch.zeros(()))
+
+    def forward(self, x):
+        self.tally.add_(1)
+        return self.tally.expand_as(x) + x * self.weight
+
+
 @kernel_fx.use_kernel_forward_from_hub("FzOuter")
 class FzOuter(nn.Module):
     """A marked layer holding another."""
@@ -130,7 +145,7 @@ class FzOuter(nn.Module):
         return torch.tanh(self.inner(x)) + 1.0
 
 
-LAYERS = {cls.__name__: cls for cls in (FzScale, FzMix, FzAddNorm, FzGate, FzCast, FzHead, FzCounter, FzOuter)}
+LAYERS = {cls.__name__: cls for cls in (FzScale, FzMix, FzAddNorm, FzGate, FzCast, FzHead, FzCounter, FzOuter, FzTally)}
 
 # The kernels: the same numbers, computed another way (torch functions, other order).
 KERNEL_BODIES = {
@@ -158,11 +173,15 @@ KERNEL_BODIES = {
         self.ema.mul_(0.5).add_(x.detach().mean(0))
         return torch.mul(torch.tanh(x), self.weight)
     """,
+    "FzTally": """
+        self.tally.add_(1)
+        return torch.addcmul(self.tally.expand_as(x), x, self.weight)  # no meta for symbolic sizes: opaque under dynamic
+    """,
     "FzOuter": "return torch.add(torch.tanh(torch.mul(x, self.inner.weight * self.inner.factor) + self.inner.shift), 1.0)",
 }
 SIGNATURES = {
     "FzScale": "x", "FzMix": "x, y, alpha: float = 2.0, negate: bool = False", "FzAddNorm": "h, residual=None",
-    "FzGate": "x, y, z", "FzCast": "x", "FzHead": "x", "FzCounter": "x", "FzOuter": "x",
+    "FzGate": "x, y, z", "FzCast": "x", "FzHead": "x", "FzCounter": "x", "FzOuter": "x", "FzTally": "x",
 }
 
 
@@ -269,7 +288,7 @@ class FuzzModel(nn.Module):
             state.append(layer(x=ins[0]) if keyword else layer(ins[0]))
 
 
-ARITY = {"FzScale": 1, "FzMix": 2, "FzAddNorm": 2, "FzGate": 3, "FzCast": 1, "FzHead": 1, "FzCounter": 1, "FzOuter": 1}
+ARITY = {"FzScale": 1, "FzMix": 2, "FzAddNorm": 2, "FzGate": 3, "FzCast": 1, "FzHead": 1, "FzCounter": 1, "FzOuter": 1, "FzTally": 1}
 
 
 @dataclass
@@ -404,14 +423,15 @@ def run_case(case: Case, repos: dict[tuple[str, str], Any]) -> Result:
     """Eager, kernelized and compiled runs of `case`, compared with eager."""
     result = Result(case.seed)
     mapping = {family: {"cpu": repos[family, flavour]} for family, flavour in case.flavours.items()}
-    reference = case.model().train(case.training)
+    pristine = case.model().train(case.training)
+    reference = copy.deepcopy(pristine)  # every run starts from the same buffers (FzTally counts calls)
     batches = [case.batch, case.batch + 2] if case.dynamic else [case.batch]
     want = [_step(reference, _inputs(case, b), case.training) for b in batches]
     with use_kernel_mapping(mapping):
         counted: dict[str, int] = {}
         runs: list[tuple[str, Any]] = [("kernelize", None), *((inner, inner) for inner in case.inners)]
         for label, inner in runs:
-            model = copy.deepcopy(reference)
+            model = copy.deepcopy(pristine)
             try:
                 if inner is None:
                     run = kernel_fx.kernelize(model, device="cpu")
