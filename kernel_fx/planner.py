@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import nn
 
+from .checks import Verdict
 from .decisions import CONDITION_FALSE, Decision, Measured, Outcome, Reason, Rejected
 from .devices import Device, read_capability
 from .errors import KernelFallbackWarning
@@ -224,9 +225,14 @@ def overrides_forward(cls: type, layer_name: str, module: nn.Module | None = Non
 
 def build_decision(*, path: str, layer_name: str, module_class: str, device: str, mode: str, outcome: Outcome,
                    plan: KernelPlan | None, rejected: Rejected | None, call_index: int | None = None,
-                   path_kind: str = "eager", repository: str | None = None, measured: Measured | None = None) -> Decision:
+                   path_kind: str = "eager", repository: str | None = None, measured: Measured | None = None,
+                   verdict: Verdict | None = None) -> Decision:
     """The one way every path records a site: where the kernel came from is read off `plan`
-    (only when a kernel runs); `repository` overrides it (e.g. "installed by kernelize")."""
+    (only when a kernel runs); `repository` overrides it (e.g. "installed by kernelize"); the
+    checks' `verdict` gives the figures by check name (a `Measured` among them is the verify error)."""
+    figures = verdict.figures if verdict is not None else ()
+    if measured is None:
+        measured = next((f for _name, f in figures if isinstance(f, Measured)), None)
     kernel = plan.kernel if plan is not None and outcome is not Outcome.ORIGINAL else None
     source = _source_of(kernel)
     repo = plan.repository if plan is not None else None
@@ -236,6 +242,7 @@ def build_decision(*, path: str, layer_name: str, module_class: str, device: str
         path=path, layer_name=layer_name, module_class=module_class, device=device, mode=mode, outcome=outcome,
         repository=repository, variant=source.variant if source else None, rejected=rejected,
         unpinned=bool(getattr(repo, "unpinned", False)), call_index=call_index, path_kind=path_kind, measured=measured,
+        figures=figures,
     )
 
 
