@@ -353,7 +353,7 @@ def make_case(seed: int, inductor: bool = False) -> Case:
     if not families:
         plan.append(("call", "l0", "FzScale", (0,), False, ()))
         families["l0"] = "FzScale"
-    flavours = {family: rng.choice(list(FLAVOURS)) for family in set(families.values())}
+    flavours = {family: rng.choice(list(FLAVOURS)) for family in sorted(set(families.values()))}  # sorted: not by hash seed
     inners = ("inductor",) if inductor else tuple(rng.sample(["eager", "aot_eager"], rng.randint(1, 2)))
     return Case(seed, tuple(plan), families, flavours, rng.choice(["attrs", "list", "dict"]), rng.choice(["tensor", "tuple", "dict"]),
                 training=rng.random() < 0.5, dynamic=rng.random() < 0.3, inners=inners, batch=rng.randint(2, 5))
@@ -369,6 +369,7 @@ class Result:
     substituted: Counter = field(default_factory=Counter)  # outcome -> sites
     skipped: Counter = field(default_factory=Counter)  # reason -> sites
     wrong: list[str] = field(default_factory=list)  # wrong outputs, gradients or counters
+    upstream: list[str] = field(default_factory=list)  # wrong the same way with the inner backend alone (no kernel_fx)
     crashed: list[str] = field(default_factory=list)
 
     @property
@@ -440,8 +441,14 @@ def run_case(case: Case, repos: dict[tuple[str, str], Any]) -> Result:
                     torch._dynamo.reset()
                     backend = HubKernelsBackend(inner=inner)
                     run = torch.compile(model, backend=backend, dynamic=case.dynamic or None)
+                found = Result(case.seed)
                 for b, expected in zip(batches, want):
-                    _compare(f"{label} batch {b}", expected, _step(run, _inputs(case, b), case.training), result)
+                    _compare(f"{label} batch {b}", expected, _step(run, _inputs(case, b), case.training), found)
+                if found.wrong and inner is not None:
+                    upstream = set(plain_wrong(case, pristine, inner, batches, want))
+                    result.upstream += [w for w in found.wrong if w in upstream]
+                    found.wrong = [w for w in found.wrong if w not in upstream]
+                result.wrong += found.wrong
                 if backend is None:
                     counted = _counters(model)
                 else:
@@ -452,6 +459,22 @@ def run_case(case: Case, repos: dict[tuple[str, str], Any]) -> Result:
                 result.crashed.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}\n"
                                       + "".join(traceback.format_exception(exc)[-6:]))
     return result
+
+
+def plain_wrong(case: Case, pristine: nn.Module, inner: str, batches: list[int], want: list[dict[str, Any]]) -> list[str]:
+    """The comparisons that fail with torch.compile(backend=inner) alone — no kernel_fx backend, no
+    kernels: a wrong value there is torch's (e.g. aot_eager's gradients with a buffer written and
+    read back through a view), reported apart from kernel_fx's own."""
+    torch._dynamo.reset()
+    model = copy.deepcopy(pristine)
+    run = torch.compile(model, backend=inner, dynamic=case.dynamic or None)
+    found = Result(case.seed)
+    try:
+        for b, expected in zip(batches, want):
+            _compare(f"{inner} batch {b}", expected, _step(run, _inputs(case, b), case.training), found)
+    except Exception:  # noqa: BLE001 - the plain run crashing says nothing about kernel_fx's values
+        return []
+    return found.wrong
 
 
 def _count(backend: HubKernelsBackend, result: Result) -> None:
