@@ -8,14 +8,14 @@ instance `__dict__`, so the class and every other instance stay untouched, and i
 `copy.deepcopy` and pickling (kernels are reloaded from their repositories, loudly falling back
 to the original forward when they cannot be).
 
-The first call of each input signature (shapes, dtypes, devices, plain values) through a kernel is
-checked (`CallChecks`): the kernel's output must have the original's structure, shapes, dtypes
-and devices (found by running the original on fake tensors: no compute), and with
-`kernelize(..., verify=True)` its numbers must match the original's, run on copies of the inputs
-in float64 where it can be, within the tolerance (see `kernel_fx.verification`). A kernel that
-fails keeps the original for that signature, with a warning and a `Finding` the report shows (or
-`KernelizeError` under `use_fallback=False`). Later calls of a checked signature cost one
-signature look-up; verify's extra cost is one run of the original per signature and site.
+Checks (`kernel_fx.call_checks`): while dynamo traces a call, the kernel's outputs are compared
+with the original's on fake values, once per trace, and the traced code takes the original when
+they differ (any backend). Eager calls run the kernel with no per-call work, and never the
+original's Python, unless kernelize was given `check_outputs=True`, `verify=True` or `checks=[...]`:
+then the first call of each input signature (shapes, dtypes, devices, plain values) runs the
+pipeline, and a kernel that fails keeps the original for that signature, with a warning and a
+`Finding` the report shows (or `KernelizeError` under `use_fallback=False`). Later calls of a
+checked signature cost one signature look-up.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .decisions import KernelizeFallback, Measured, Reason, Rejected, raise_unless_allowed
+from .call_checks import CallChecks, Finding, check_eager_call, check_while_tracing
+from .decisions import raise_unless_allowed
 from .dtensor import guard
 from .errors import KernelFallbackWarning
 from .modes import Mode
-from .verification import Verify, call_signature, describe, expected_output, in_reference_run, measure, output_problem, reference_output
+from .verification import call_signature, describe, in_reference_run
 
 ForwardFn = Callable[..., Any]  # called as fn(module, *args, **kwargs)
 
@@ -110,31 +111,6 @@ def plan_forward(original: ForwardFn, by_condition: dict) -> ForwardPlan:
     return ForwardPlan(_forward_class(table), table, repos)
 
 
-@dataclass(frozen=True)
-class CallChecks:
-    """What an installed forward checks on the first call of each input signature: always the
-    output's structure, shapes, dtypes and devices; with `verify` its numbers too. `allowed` is
-    kernelize's `use_fallback` as fallbacks allowed (None: all; else a failed check raises)."""
-
-    verify: Verify | None = None
-    allowed: KernelizeFallback | None = None
-
-
-@dataclass(frozen=True)
-class Finding:
-    """What the check of one input signature found at a site: `rejected` when the kernel was set
-    aside for such calls, `measured` with verify=True. `index` is the condition's table index."""
-
-    index: int
-    inputs: str
-    rejected: Rejected | None
-    measured: Measured | None = None
-
-    @property
-    def condition(self) -> Condition:
-        return Condition(bool(self.index % 2), self.index >= 2)
-
-
 def make_forward(module: nn.Module, plan: ForwardPlan, backend: str, checks: CallChecks | None = None) -> KernelForward:
     """The forward to install on `module` (whose own previous forward, if any, the plan wraps)."""
     return plan.cls(module, plan.table, plan.repos, backend, _previous_forward(module), checks or CallChecks())
@@ -162,6 +138,7 @@ class KernelForward:
         self.previous = previous
         self.checks = checks or CallChecks()
         self.original = _as_method(previous, module)
+        self.checked = self.checks.on_eager_calls  # else eager calls run the kernel with no per-call work
         self.findings: list[Finding] = []
         self._verdicts: dict[tuple, bool] = {}  # (table index, call signature) -> the kernel passed its checks
         self.fn = table[0]
@@ -176,10 +153,22 @@ class KernelForward:
         # where the caller is the shared global function module: run this instance's choice.
         self.__func__ = as_function
 
+    def record(self, finding: Finding) -> None:
+        """Keep what the checks of one call found (the report reads `findings`)."""
+        self.findings.append(finding)
+
     def run(self, index: int, args: tuple, kwargs: dict) -> Any:
-        """Run the forward of condition `index`; a kernel's first call per input signature is checked."""
+        """Run the forward of condition `index`, checked where checks are asked for: while dynamo
+        traces, always (once per trace, on fakes); eagerly, the first call of each input signature
+        when kernelize was given check_outputs, verify or checks."""
         fn = self.table[index]
-        if self.repos[index] is None or _is_compiling():
+        if self.repos[index] is None:
+            return fn(self.module, *args, **kwargs)
+        if _is_compiling():
+            if check_while_tracing(self, index, args, kwargs, self.module):
+                return fn(self.module, *args, **kwargs)
+            return self.original(self.module, *args, **kwargs)
+        if not self.checked:
             return fn(self.module, *args, **kwargs)
         if in_reference_run():  # the enclosing layer's original runs as a reference: no kernels inside
             return self.original(self.module, *args, **kwargs)
@@ -192,27 +181,16 @@ class KernelForward:
         return (fn if verdict else self.original)(self.module, *args, **kwargs)
 
     def _first_call(self, index: int, key: tuple, args: tuple, kwargs: dict) -> Any:
-        module, verify = self.module, self.checks.verify
-        inputs = describe(args, kwargs)
-        expected = expected_output(self.original, module, args, kwargs)  # before the kernel may write its inputs
-        reference = reference_output(self.original, module, args, kwargs, verify) if verify is not None and expected is not None else None
-        out = self.table[index](module, *args, **kwargs)
-        problem = output_problem(expected, out) if expected is not None else None
-        rejected, measured = None, None
-        if problem is not None:
-            rejected = Rejected(Reason.WRONG_OUTPUT, f"for inputs {inputs}: {problem}")
-        elif reference is not None:
-            measured = measure(out, reference[0], verify, inputs, reference[1])  # type: ignore[arg-type]
-            if not measured.within:
-                rejected = Rejected(Reason.NUMERICALLY_DIFFERENT, str(measured))
-        self.findings.append(Finding(index, inputs, rejected, measured))
-        self._verdicts[(index, key)] = rejected is None
-        if rejected is None:
+        module = self.module
+        verdict, out = check_eager_call(self.checks, module, self.table[index], self.original, args, kwargs)
+        self.record(Finding.of(index, describe(args, kwargs), verdict))
+        self._verdicts[(index, key)] = verdict.rejected is None
+        if verdict.rejected is None:
             return out
         where = f"{type(module).__name__} with the kernel from {self.repos[index]!r}"
         if self.checks.allowed is not None:
-            raise_unless_allowed(rejected, where, "Pass use_fallback=True to keep the original forward.", self.checks.allowed)
-        warnings.warn(f"kernel_fx: {where}: {rejected}; the original forward runs for such inputs.", KernelFallbackWarning, stacklevel=3)
+            raise_unless_allowed(verdict.rejected, where, "Pass use_fallback=True to keep the original forward.", self.checks.allowed)
+        warnings.warn(f"kernel_fx: {where}: {verdict.rejected}; the original forward runs for such inputs.", KernelFallbackWarning, stacklevel=3)
         return self.original(module, *args, **kwargs)
 
     def install(self) -> None:

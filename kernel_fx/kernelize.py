@@ -15,18 +15,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from .call_checks import CallChecks, Finding
+from .checks import Check, ordered
 from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Outcome, Reason, Rejected, raise_unless_allowed
-from .devices import Device, device_index
+from .devices import Device, device_index, model_device
 from .dtensor import fallbacks as dtensor_fallbacks
 from .errors import ArgumentTypeError, KernelFxError, MappingError
-from .forwards import CONDITIONS, CallChecks, Condition, Finding, installed_forward, make_forward
+from .forwards import CONDITIONS, Condition, installed_forward, make_forward
 from .hub_forwards import release_hub_forwards
 from .layers import extensible_modules, hub_function_hosts, layer_name_of, mark_hub_classes
 from .modes import Mode, check_kernelize_mode
@@ -49,6 +51,8 @@ def kernelize(
     use_fallback: bool | KernelizeFallback = True,
     filter_fn: FilterFn | None = None,
     verify: bool | Verify | Mapping[Any, Any] = False,
+    check_outputs: bool = False,
+    checks: Sequence[Check] = (),
 ) -> nn.Module:
     """Replace, in place, the forward of every extensible module that has a kernel; return `model`.
 
@@ -64,14 +68,20 @@ def kernelize(
     `kernel_condition` and `filter_fn` skip sites; `KERNEL_FX_DISABLE` or `DISABLE_KERNEL_MAPPING`
     restores every original forward.
 
-    The first call of each input signature through a kernel checks its output's structure,
-    shapes, dtypes and devices against the original's (run on fake tensors: no compute); a kernel
-    that fails keeps the original for such calls, with a warning and reason "wrong output" in the
-    report. `verify=True` (or a dict of tolerances `{torch.bfloat16: (rtol, atol)}`, or a
-    `kernel_fx.Verify`) also runs the original, on copies of those inputs and in float64 where it
-    can, and keeps the kernel only within the tolerance (reason "numerically different"
-    otherwise); the measured error is in the report. Its cost: one extra run of the original
-    (in float64) per site and input signature, on the first such call only.
+    By default a call a kernel serves never runs the original's Python, as in the `kernels`
+    package; when the model is then compiled (any backend), each trace compares the kernel's
+    outputs with the original's on fake values and keeps the original where they differ.
+    `check_outputs=True` checks eager calls too: the first call of each input signature through
+    a kernel compares its output's structure, shapes, dtypes and devices with the original's (run
+    on fake tensors: no compute, but the original's Python runs); a kernel that fails keeps the
+    original for such calls, with a warning and reason "wrong output" in the report.
+    `verify=True` (or a dict of tolerances `{torch.bfloat16: (rtol, atol)}`, or a
+    `kernel_fx.Verify`) implies it and also runs the original, on copies of those inputs and in
+    float64 where it can, and keeps the kernel only within the tolerance (reason "numerically
+    different" otherwise); the measured error is in the report. Its cost: one extra run of the
+    original (in float64) per site and input signature, on the first such call only.
+    `checks=[...]` adds `kernel_fx.checks.Check`s, run on those first calls and while tracing,
+    in their phases, after the shared ones; their results are in the report by check name.
 
     >>> import torch
     >>> from kernel_fx.kernels import bundled_repo_path
@@ -89,7 +99,9 @@ def kernelize(
     """
     _check_arguments(model, needs_torch_compile, filter_fn)
     allowed = _allowed_fallbacks(use_fallback)
-    checks = CallChecks(Verify.of(verify), allowed)
+    if not isinstance(check_outputs, bool):
+        raise ArgumentTypeError(f"kernelize(check_outputs={check_outputs!r}) must be True or False.")
+    call_checks = CallChecks(Verify.of(verify), allowed, check_outputs, ordered(checks))
     if mode is not None:
         check_kernelize_mode(mode)
         if needs_torch_compile:
@@ -118,7 +130,7 @@ def kernelize(
         if allowed is not None:
             _raise_on_fallback(path, layer_name, target, mode, site.plans, needs_torch_compile, allowed)
         plans.append((path, module, site))
-    sites = [_install(path, module, site, planner.backend, hosts.get(id(module)), checks) for path, module, site in plans]
+    sites = [_install(path, module, site, planner.backend, hosts.get(id(module)), call_checks) for path, module, site in plans]
     setattr(model, SITES_ATTR, sites)
     setattr(model, NOTES_ATTR, released)
     return model
@@ -161,9 +173,10 @@ def with_findings(decisions: tuple[Decision, ...], findings: list[Finding]) -> l
     kernels = [d for d in decisions if d.outcome is not Outcome.ORIGINAL]
     result = []
     for d in decisions:
-        mine = [f for f in findings if d in kernels and (len(kernels) == 1 or _covers(d, f.condition))]
+        mine = [f for f in findings if d in kernels and (len(kernels) == 1 or _covers(d, Condition(f.grad, f.compiling)))]
         result += [d] if not mine else [
-            replace(d, outcome=Outcome.ORIGINAL if f.rejected else d.outcome, rejected=f.rejected, measured=f.measured)
+            replace(d, outcome=Outcome.ORIGINAL if f.rejected else d.outcome, rejected=f.rejected, measured=f.measured,
+                    figures=f.figures)
             for f in mine
         ]
     return result
@@ -248,26 +261,3 @@ def _install(path: str, module: nn.Module, site: SitePlan, backend: str, host: n
         forward.owner = host if host is not None else module
         forward.install()
     return path, site.decisions
-
-
-# -- the device -------------------------------------------------------------------------------
-
-
-def _first_tensor(model: nn.Module) -> torch.Tensor | None:
-    for module in model.modules():  # one walk, stopping at the first module holding a tensor
-        for tensor in (*module._parameters.values(), *module._buffers.values()):
-            if tensor is not None:
-                return tensor
-    return None
-
-
-def model_device(model: nn.Module) -> torch.device | str:
-    tensor = _first_tensor(model)
-    if tensor is None:
-        raise MappingError(
-            f"kernelize cannot infer the device of {type(model).__name__}: it has no parameters or buffers; "
-            "pass device='cpu', 'cuda:0' or a torch.device."
-        )
-    if tensor.device.type == "cuda" and getattr(torch.version, "hip", None):
-        return f"rocm:{tensor.device.index}"
-    return tensor.device

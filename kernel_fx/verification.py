@@ -225,6 +225,28 @@ def expected_output(original: Callable[..., Any], module: nn.Module, args: tuple
         return None
 
 
+def fake_output(fn: Callable[..., Any], module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """What `fn(module, *args, **kwargs)` returns, computed in the fake mode of `args` (fake values
+    while dynamo traces) on fake copies of the arguments and of the module's tensors: nothing is
+    computed or written. None when the arguments hold no fake tensor."""
+    from torch._guards import detect_fake_mode
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    fake_mode = detect_fake_mode([t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, FakeTensor)])
+    if fake_mode is None:
+        return None
+    tensors = {f"module.{n}": fake_mode.from_tensor(t.detach()) for n, t in
+               [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]}
+    allowed = fake_mode.allow_non_fake_inputs
+    fake_mode.allow_non_fake_inputs = True  # real tensors in copied objects (a KV cache) read as constants
+    try:
+        with fake_mode, _reference(), torch.no_grad():
+            args, kwargs = pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, (args, kwargs))
+            return torch.func.functional_call(_Call(module, fn), tensors, args, kwargs, tie_weights=False, strict=False)
+    finally:
+        fake_mode.allow_non_fake_inputs = allowed
+
+
 def reference_output(original: Callable[..., Any], module: nn.Module, args: tuple, kwargs: dict,
                      verify: Verify) -> tuple[Any, str]:
     """The original's output on copies, in float64 where it runs so (floating tensors cast up),

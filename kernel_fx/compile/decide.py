@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import fx, nn
 
-from ..checks import Check, CheckSettings, Verdict, run_checks
+from ..checks import Check, CheckResult, CheckSettings, Verdict, run_checks
 from ..decisions import Decision, Measured, Outcome, Reason, Rejected, raise_unless_allowed
 from ..devices import Device
 from ..errors import KernelFxError
@@ -182,8 +182,10 @@ def _chosen_at_trace_time(candidate: Candidate, graph_paths: set[str]) -> SiteDe
     """A call carrying Python state was decided while dynamo traced it (see trace_time.py)."""
     site = candidate.site
     plan = trace_time.PLANS[site.trace_plan]
+    found = trace_time.FINDINGS.get(site.trace_plan)
+    verdict = Verdict(found.rejected, ()) if found is None else Verdict(found.rejected, tuple((n, CheckResult(None, f)) for n, f in found.figures))
     if plan.kernel is None:
-        return SiteDecision(_decision(site, candidate, Outcome.ORIGINAL, plan.rejected, plan=plan))
+        return SiteDecision(_decision(site, candidate, Outcome.ORIGINAL, plan.rejected, plan=plan, verdict=verdict))
     # The original was not traced: the marked calls it would make and the kernel does not are not
     # in the graph. Report them as eager kernelize lists them, each with why it does not run.
     inner = [(f"{site.path}.{path}", module) for path, module in extensible_modules(site.module) if path] if site.module else []
