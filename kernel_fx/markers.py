@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .call_checks import check_while_tracing
+from .checks.calls import check_while_tracing
 
 # Set on the hubkernels backend function and on HubKernelsBackend: how a trace recognises them.
 BACKEND_ATTR = "_kernel_fx_hubkernels"

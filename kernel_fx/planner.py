@@ -10,7 +10,7 @@ the caller can run the kernel as an opaque op). Loads and plans are cached per p
 >>> from torch import nn
 >>> import kernel_fx
 >>> from kernel_fx.devices import Device
->>> from kernel_fx.forwards import Condition
+>>> from kernel_fx.conditions import Condition
 >>> @kernel_fx.use_kernel_forward_from_hub("Double")
 ... class Double(nn.Module):
 ...     def forward(self, x):
@@ -32,14 +32,15 @@ from typing import Any
 from torch import nn
 
 from .checks import Verdict
+from .conditions import CONDITIONS, Condition
 from .decisions import CONDITION_FALSE, Decision, Measured, Outcome, Reason, Rejected
 from .devices import Device, read_capability
 from .errors import KernelFallbackWarning
-from .forwards import CONDITIONS, Condition, ForwardPlan, original_forward, plan_forward
 from .hub.errors import LockfileError
 from .layers import LAYER_NAME_ATTR, condition_allows, condition_of, forward_override, original_signature
 from .mapping import Choice, resolve
 from .modes import Mode
+from .originals import original_forward
 from .repos import AnyRepository, load_layer
 from .switches import disabled_by
 from .validation import kernel_problem
@@ -58,12 +59,17 @@ class KernelPlan:
 
 @dataclass(frozen=True)
 class SitePlan:
-    """A site's plan under every condition the caller asked about, its decisions, and the
-    forward to install (None when no condition runs a kernel)."""
+    """A site's plan under every condition the caller asked about, its decisions, and the forward
+    those plans replace (`original`: None for a skipped site)."""
 
     plans: dict[Condition, KernelPlan]
     decisions: tuple[Decision, ...]
-    forward: ForwardPlan | None
+    original: Any = None
+
+    @property
+    def runs_kernel(self) -> bool:
+        """Whether some condition runs a kernel (else the site keeps its forward)."""
+        return any(p.kernel is not None for p in self.plans.values())
 
 
 class Planner:
@@ -150,10 +156,7 @@ class Planner:
         return self._plans[key]
 
     def _site_plan(self, module: nn.Module, layer_name: str, original: Any, plans: dict[Condition, KernelPlan]) -> SitePlan:
-        forward = None
-        if any(p.kernel is not None for p in plans.values()):
-            forward = plan_forward(original, {c: (p.kernel, p.repository) for c, p in plans.items()})
-        return SitePlan(plans, site_decisions(module, layer_name, plans, self.device), forward)
+        return SitePlan(plans, site_decisions(module, layer_name, plans, self.device), original)
 
     def _plan(self, module: nn.Module, layer_name: str, original: Any, condition: Condition) -> KernelPlan:
         key = (layer_name, original, condition)

@@ -7,8 +7,8 @@ from typing import Any
 
 from ..decisions import Reason, Rejected
 from ..errors import KernelFxError
-from ..verification import output_problem
 from .pipeline import Phase, check
+from .verification import output_problem
 
 
 @check(Phase.SUBSTITUTION)

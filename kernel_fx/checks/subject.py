@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..decisions import Measured
-    from ..verification import Verify
+    from .verification import Verify
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ import torch
 from torch import fx, nn
 
 from ..checks import Check, CheckResult, CheckSettings, Verdict, run_checks
+from ..conditions import Condition
 from ..decisions import Decision, Measured, Outcome, Reason, Rejected, raise_unless_allowed
 from ..devices import Device
 from ..errors import KernelFxError
-from ..forwards import Condition, installed_forward, original_forward
 from ..graph_records import SubstitutionKind
 from ..layers import extensible_modules, layer_name_of
+from ..originals import installed_forward, original_forward
 from ..planner import KernelPlan, Planner, build_decision, is_disabled, repository_label
 from . import output_check, trace_time, verify
 from .prepare import Substitution, TraceCache, prepare

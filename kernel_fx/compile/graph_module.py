@@ -40,16 +40,16 @@ import torch
 from torch import fx, nn
 
 from ..checks import SHARED_CHECKS, Check, CheckSettings, Verdict, ordered, run_checks
+from ..checks.verification import describe, fake_output
+from ..conditions import Condition
 from ..decisions import DISABLED, Decision, Outcome, Reason, Rejected, raise_unless_allowed
 from ..devices import Device, model_device
 from ..errors import KernelFxError
-from ..forwards import Condition
 from ..graph_records import GraphRecord, GraphSnapshot
 from ..layers import layer_name_of
 from ..modes import Mode, check_kernelize_mode
 from ..planner import KernelPlan, Planner, build_decision, is_disabled
 from ..report import Report
-from ..verification import describe, fake_output
 from .standin import ModuleTemplate, StandIn, named_tensors
 
 REPORT_KEY = "kernel_fx_report"

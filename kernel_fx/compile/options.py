@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..checks import ordered
+from ..checks.verification import Verify
 from ..devices import Device
 from ..errors import KernelFxError
 from ..modes import Mode, check_kernelize_mode
-from ..verification import Verify
 
 KNOWN_OPTIONS = ("autotune", "checks", "device", "inner", "mode", "use_fallback", "verify")
 

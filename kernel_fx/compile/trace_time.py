@@ -22,10 +22,10 @@ from typing import Any
 from torch import nn
 
 from .. import markers
-from ..call_checks import OWNERS, CallChecks, Finding
+from ..checks.calls import OWNERS, CallChecks, Finding
+from ..conditions import Condition
 from ..decisions import DISABLED, Reason, Rejected
 from ..devices import Device
-from ..forwards import Condition
 from ..layers import module_classes
 from ..planner import KernelPlan, Planner, is_disabled
 from .options import KNOWN_OPTIONS, Options

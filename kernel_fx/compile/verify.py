@@ -3,7 +3,7 @@
 For each distinct substituted call — same kernel, same original, same layout and the same input
 shapes, strides and dtypes — the kernel runs as the pass puts it in (its region with the kernel,
 `region.region_with_kernel`, run eagerly) on the real values the call reads, and the original
-forward runs on copies of them, in float64 where it can (see `kernel_fx.verification`). The
+forward runs on copies of them, in float64 where it can (see `kernel_fx.checks.verification`). The
 kernel stays when every output is within the tolerance of its dtype; otherwise the site keeps its
 original forward with `Reason.NUMERICALLY_DIFFERENT` and the figures. The measured error goes to
 the site's `Decision.measured`, shown in the report table.
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import fx
 
+from ..checks.verification import Verify, describe, measure, reference_output
 from ..decisions import Measured
-from ..forwards import original_forward
-from ..verification import Verify, describe, measure, reference_output
+from ..originals import original_forward
 from .prepare import Substitution, example_key, first_line, spec_key
 from .region import fresh_copy, isolated, region_inputs, region_with_kernel, rng_restored, run_graph
 from .sites import Site

@@ -24,8 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checks import SHARED_CHECKS, Check, CheckSettings, Phase, Verdict, ordered, run_checks
-from .decisions import KernelizeFallback, Measured, Rejected
+from ..decisions import KernelizeFallback, Measured, Rejected
+from .numbers import numerically_different
+from .outputs import wrong_output
+from .pipeline import Check, Phase, Verdict, ordered, run_checks
+from .subject import CheckSettings
 from .verification import Verify, describe, expected_output, fake_output, measure, reference_output
 
 ForwardFn = Callable[..., Any]
@@ -50,7 +53,7 @@ class CallChecks:
 
     @property
     def checks(self) -> tuple[Check, ...]:
-        return ordered((*SHARED_CHECKS, *self.extra))
+        return ordered((wrong_output, numerically_different, *self.extra))  # SHARED_CHECKS, then the user's
 
     @property
     def on_eager_calls(self) -> bool:

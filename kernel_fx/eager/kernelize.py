@@ -15,27 +15,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import gc
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .call_checks import CallChecks, Finding
-from .checks import Check, ordered
-from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Outcome, Reason, Rejected, raise_unless_allowed
-from .devices import Device, device_index, model_device
-from .dtensor import fallbacks as dtensor_fallbacks
-from .errors import ArgumentTypeError, KernelFxError, MappingError
-from .forwards import CONDITIONS, Condition, installed_forward, make_forward
+from ..checks import Check, ordered
+from ..checks.calls import CallChecks, Finding
+from ..checks.verification import Verify
+from ..conditions import CONDITIONS, Condition
+from ..decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Outcome, Reason, Rejected, raise_unless_allowed
+from ..devices import Device, device_index, model_device
+from ..dtensor import fallbacks as dtensor_fallbacks
+from ..errors import ArgumentTypeError, KernelFxError, MappingError
+from ..layers import HUB_FUNCS_ATTR, extensible_in, extensible_modules, hub_function_hosts, layer_name_of, mark_hub_classes
+from ..modes import Mode, check_kernelize_mode
+from ..originals import installed_forward
+from ..planner import KernelPlan, Planner, SitePlan
+from ..report import Report
+from ..switches import disabled_by
+from .forwards import ForwardPlan, make_forward, plan_forward
 from .hub_forwards import release_hub_forwards
-from .layers import extensible_modules, hub_function_hosts, layer_name_of, mark_hub_classes
-from .modes import Mode, check_kernelize_mode
-from .planner import KernelPlan, Planner, SitePlan
-from .report import Report
-from .switches import disabled_by
-from .verification import Verify
 
 SITES_ATTR = "_kernel_fx_sites"
 NOTES_ATTR = "_kernel_fx_notes"
@@ -113,11 +117,35 @@ def kernelize(
                       compile_only=mode is None and needs_torch_compile)
     disabled = disabled_by()
     mark_hub_classes()  # so a later torch.compile(backend="hubkernels") binds their calls exactly
-    released = release_hub_forwards(model)  # never stack on forwards the `kernels` package installed
-    hosts = hub_function_hosts(model)
+    with _gc_paused():  # thousands of forwards: no collection of the whole heap every few hundred
+        named = list(model.named_modules())  # one walk serves every question below
+        released = release_hub_forwards(model, named)  # never stack on forwards the `kernels` package installed
+        hosts = hub_function_hosts(model, named)
+        plans = _plan_sites(named, planner, disabled, filter_fn, allowed, target, mode, needs_torch_compile)
+        forwards: dict[int, ForwardPlan] = {}
+        sites = [_install(path, module, site, planner.backend, hosts.get(id(module)), call_checks, forwards) for path, module, site in plans]
+    setattr(model, SITES_ATTR, sites)
+    setattr(model, NOTES_ATTR, released)
+    return model
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _plan_sites(named: list[tuple[str, nn.Module]], planner: Planner, disabled: str | None, filter_fn: FilterFn | None,
+                allowed: KernelizeFallback | None, target: Device, mode: Mode | None,
+                needs_torch_compile: bool) -> list[tuple[str, nn.Module, SitePlan]]:
     plans = []
     always_kernel: dict[str, str] = {}  # sites whose kernel runs whatever the call: path -> layer name
-    for path, module in extensible_modules(model):
+    for path, module in _sites_in(named):
         layer_name = layer_name_of(module)
         assert layer_name is not None  # extensible_modules yields marked modules only
         if disabled:
@@ -130,10 +158,17 @@ def kernelize(
         if allowed is not None:
             _raise_on_fallback(path, layer_name, target, mode, site.plans, needs_torch_compile, allowed)
         plans.append((path, module, site))
-    sites = [_install(path, module, site, planner.backend, hosts.get(id(module)), call_checks) for path, module, site in plans]
-    setattr(model, SITES_ATTR, sites)
-    setattr(model, NOTES_ATTR, released)
-    return model
+    return plans
+
+
+def _sites_in(named: list[tuple[str, nn.Module]]) -> Iterator[tuple[str, nn.Module]]:
+    """`extensible_modules` over the listed modules, with `kernels`' function modules."""
+    for path, module in named:
+        if layer_name_of(module) is not None:
+            yield path, module
+        if HUB_FUNCS_ATTR in vars(module):
+            yield from ((f"{path}.{p}" if path else p, m) for p, m in extensible_in(vars(module)[HUB_FUNCS_ATTR].items())
+                        if isinstance(m, nn.Module))
 
 
 def unkernelize(model: nn.Module) -> nn.Module:
@@ -191,13 +226,24 @@ def _enclosed(planner: Planner, module: nn.Module, layer_name: str, site: SitePl
     """A site inside one whose kernel always runs: the enclosing kernel replaces the whole call, so
     this site's own kernel is not installed (the compiled pass reports it the same way). A site
     that would keep its original anyway keeps its own reason."""
-    outer = next((p for p in always_kernel if path.startswith(p + ".") or (not p and path)), None)
-    if outer is not None and site.forward is not None:
+    outer = _enclosing(path, always_kernel)
+    if outer is not None and site.runs_kernel:
         detail = f"inside {outer or '<root>'} ({always_kernel[outer]}), which runs a kernel"
         return planner.skipped(module, layer_name, Rejected(Reason.ENCLOSED, detail))
     if outer is None and all(plan.kernel is not None for plan in site.plans.values()):
         always_kernel[path] = layer_name
     return site
+
+
+def _enclosing(path: str, always_kernel: dict[str, str]) -> str | None:
+    """The outermost path of `always_kernel` that encloses `path`: its ancestors looked up one by
+    one (the root "" first), so kernelize stays linear in the number of sites."""
+    if not path:
+        return None
+    if "" in always_kernel:
+        return ""
+    parts = path.split(".")
+    return next((p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if p in always_kernel), None)
 
 
 def _check_arguments(model: object, needs_torch_compile: object, filter_fn: object) -> None:
@@ -249,15 +295,20 @@ def _raise_on_fallback(path: str, layer_name: str, device: Device, mode: Mode | 
 
 
 def _install(path: str, module: nn.Module, site: SitePlan, backend: str, host: nn.Module | None,
-             checks: CallChecks) -> tuple[str, tuple[Decision, ...]]:
+             checks: CallChecks, forwards: dict[int, ForwardPlan]) -> tuple[str, tuple[Decision, ...]]:
+    plan = None
+    if site.runs_kernel:  # one ForwardPlan per SitePlan: sites planned alike share their table
+        plan = forwards.get(id(site))
+        if plan is None:
+            plan = forwards[id(site)] = plan_forward(site.original, {c: (p.kernel, p.repository) for c, p in site.plans.items()})
     previous = installed_forward(module)
     if previous is not None:
-        if (site.forward is not None and previous.table == site.forward.table and previous.backend == backend
+        if (plan is not None and previous.table == plan.table and previous.backend == backend
                 and previous.checks == checks):
             return path, site.decisions  # a repeated kernelize: the same forward is already there
         previous.uninstall()  # kernelize is idempotent: always start from the original forward
-    if site.forward is not None:
-        forward = make_forward(module, site.forward, backend, checks)
+    if plan is not None:
+        forward = make_forward(module, plan, backend, checks)
         forward.owner = host if host is not None else module
         forward.install()
     return path, site.decisions

@@ -3,7 +3,7 @@
 numbers, against the original run in float64 where it can be).
 
 Both paths use these: eager `kernelize` on the first call of each input signature (see
-`forwards.py`), the compiled pass per distinct call (`compile/output_check.py`,
+`checks/calls.py`), the compiled pass per distinct call (`compile/output_check.py`,
 `compile/verify.py`).
 
 >>> import torch
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .decisions import Measured
-from .errors import MappingError
+from ..decisions import Measured
+from ..errors import MappingError
 
 
 class Tolerance(NamedTuple):

@@ -28,66 +28,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from .call_checks import CallChecks, Finding, check_eager_call, check_while_tracing
-from .decisions import raise_unless_allowed
-from .dtensor import guard
-from .errors import KernelFallbackWarning
-from .modes import Mode
-from .verification import call_signature, describe, in_reference_run
-
-ForwardFn = Callable[..., Any]  # called as fn(module, *args, **kwargs)
+from ..checks.calls import CallChecks, Finding, check_eager_call, check_while_tracing
+from ..checks.verification import call_signature, describe, in_reference_run
+from ..decisions import raise_unless_allowed
+from ..dtensor import guard
+from ..errors import KernelFallbackWarning
+from ..originals import ForwardFn, as_method, previous_forward
 
 # Bound once: these run on every call of an installed forward (dynamo knows them by identity).
 _grad_enabled = torch.is_grad_enabled
 _is_compiling = torch.compiler.is_compiling
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A situation a site can be called in; `fixed` is set when kernelize was given a mode."""
-
-    grad: bool
-    compiling: bool
-    fixed: Mode | None = None
-
-    @property
-    def mode(self) -> Mode:
-        if self.fixed is not None:
-            return self.fixed
-        base = Mode.TRAINING if self.grad else Mode.INFERENCE
-        return base | Mode.TORCH_COMPILE if self.compiling else base
-
-    @property
-    def index(self) -> int:
-        return int(self.grad) + 2 * int(self.compiling)
-
-    @classmethod
-    def static(cls, mode: Mode) -> Condition:
-        return cls(Mode.TRAINING in mode, Mode.TORCH_COMPILE in mode, fixed=mode)
-
-
-CONDITIONS = tuple(Condition(grad, compiling) for compiling in (False, True) for grad in (False, True))
-
-
-def installed_forward(module: nn.Module) -> KernelForward | None:
-    forward = vars(module).get("forward")
-    return forward if isinstance(forward, KernelForward) else None
-
-
-def _previous_forward(module: nn.Module) -> Any:
-    installed = installed_forward(module)
-    return installed.previous if installed is not None else vars(module).get("forward")
-
-
-def original_forward(module: nn.Module) -> ForwardFn:
-    """The forward kernelize replaces, as fn(module, *args): the class's, or an instance's own."""
-    return _as_method(_previous_forward(module), module)
-
-
-def _as_method(previous: Any, module: nn.Module) -> ForwardFn:
-    if previous is None:
-        return type(module).forward
-    return lambda _module, *args, **kwargs: previous(*args, **kwargs)
+# A DTensor lives on a device mesh, which needs a process group: while none is initialized no
+# argument or parameter can be one, and the kernel runs with no DTensor look-up (one attribute read).
+_WORLD = torch.distributed.distributed_c10d._world if torch.distributed.is_available() else None
 
 
 @dataclass(frozen=True)
@@ -113,7 +66,7 @@ def plan_forward(original: ForwardFn, by_condition: dict) -> ForwardPlan:
 
 def make_forward(module: nn.Module, plan: ForwardPlan, backend: str, checks: CallChecks | None = None) -> KernelForward:
     """The forward to install on `module` (whose own previous forward, if any, the plan wraps)."""
-    return plan.cls(module, plan.table, plan.repos, backend, _previous_forward(module), checks or CallChecks())
+    return plan.cls(module, plan.table, plan.repos, backend, previous_forward(module), checks or CallChecks())
 
 
 def _forward_class(table: tuple) -> type[KernelForward]:
@@ -129,6 +82,8 @@ def _forward_class(table: tuple) -> type[KernelForward]:
 class KernelForward:
     """Base of the installed forwards; subclasses differ only in how much they check per call."""
 
+    kernel_fx_installed = True  # how every path recognizes an installed forward (see `originals`)
+
     def __init__(self, module: nn.Module, table: tuple, repos: tuple, backend: str, previous: Any,
                  checks: CallChecks | None = None) -> None:
         self.module = module
@@ -137,8 +92,12 @@ class KernelForward:
         self.backend = backend
         self.previous = previous
         self.checks = checks or CallChecks()
-        self.original = _as_method(previous, module)
+        self.original = as_method(previous, module)
         self.checked = self.checks.on_eager_calls  # else eager calls run the kernel with no per-call work
+        # Per table entry, the kernel class an unchecked eager call may run directly (no DTensor
+        # guard while no process group exists), else None: the entry goes through `run`.
+        self.fast = tuple(_Runs(fn) if repo is None else None if self.checked else getattr(fn, "kernel_class", None)
+                          for fn, repo in zip(table, repos))
         self.findings: list[Finding] = []
         self._verdicts: dict[tuple, bool] = {}  # (table index, call signature) -> the kernel passed its checks
         self.fn = table[0]
@@ -146,25 +105,28 @@ class KernelForward:
         # modules, which `model.eval()` never reaches) the host module's
         self.owner = module
 
-        def as_function(_caller: Any, *args: Any, **kwargs: Any) -> Any:
-            return self(*args, **kwargs)
+    @property
+    def __func__(self) -> Callable[..., Any]:
+        """`kernels`' function modules route calls through `module.forward.__func__(caller, ...)`,
+        where the caller is the shared global function module: run this instance's choice. (A
+        property, not a closure kept on the instance: no reference cycle per installed forward.)"""
+        return self._as_function
 
-        # `kernels`' function modules route calls through `module.forward.__func__(caller, ...)`,
-        # where the caller is the shared global function module: run this instance's choice.
-        self.__func__ = as_function
+    def _as_function(self, _caller: Any, *args: Any, **kwargs: Any) -> Any:
+        return self(*args, **kwargs)
 
     def record(self, finding: Finding) -> None:
         """Keep what the checks of one call found (the report reads `findings`)."""
         self.findings.append(finding)
 
-    def run(self, index: int, args: tuple, kwargs: dict) -> Any:
+    def run(self, index: int, args: tuple, kwargs: dict, compiling: bool) -> Any:
         """Run the forward of condition `index`, checked where checks are asked for: while dynamo
         traces, always (once per trace, on fakes); eagerly, the first call of each input signature
         when kernelize was given check_outputs, verify or checks."""
         fn = self.table[index]
         if self.repos[index] is None:
             return fn(self.module, *args, **kwargs)
-        if _is_compiling():
+        if compiling:
             if check_while_tracing(self, index, args, kwargs, self.module):
                 return fn(self.module, *args, **kwargs)
             return self.original(self.module, *args, **kwargs)
@@ -216,27 +178,50 @@ class KernelForward:
         return f"<kernel_fx forward of {type(self.module).__name__}: {type(self).__name__}>"
 
 
+class _Runs:
+    """A table entry that runs the original, shaped like a kernel class (`.forward(module, ...)`)."""
+
+    __slots__ = ("forward",)
+
+    def __init__(self, fn: ForwardFn) -> None:
+        self.forward = fn
+
+
 class StaticForward(KernelForward):
     """The same forward under every condition: no checks per call."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.run(0, args, kwargs)
+        kernel = self.fast[0]
+        if _is_compiling():
+            return self.run(0, args, kwargs, True)
+        if kernel is not None and (_WORLD is None or _WORLD.default_pg is None):  # the hot path: ~0.3 µs over the kernel
+            return kernel.forward(self.module, *args, **kwargs)
+        return self.run(0, args, kwargs, False)
 
 
 class CompileCheckingForward(KernelForward):
     """A kernel that must not run while torch.compile traces (can_torch_compile = False)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.run(2 if _is_compiling() else 0, args, kwargs)
+        if _is_compiling():
+            return self.run(2, args, kwargs, True)
+        kernel = self.fast[0]
+        if kernel is not None and (_WORLD is None or _WORLD.default_pg is None):
+            return kernel.forward(self.module, *args, **kwargs)
+        return self.run(0, args, kwargs, False)
 
 
 class DynamicForward(KernelForward):
     """Chooses per call by whether autograd needs this call's backward, and whether compiling."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        module = self.module
-        grad = self.owner.training or (_grad_enabled() and needs_grad(module, args, kwargs))
-        return self.run(grad + (2 if _is_compiling() else 0), args, kwargs)
+        grad = self.owner.training or (_grad_enabled() and needs_grad(self.module, args, kwargs))
+        if _is_compiling():
+            return self.run(grad + 2, args, kwargs, True)
+        kernel = self.fast[grad]
+        if kernel is not None and (_WORLD is None or _WORLD.default_pg is None):
+            return kernel.forward(self.module, *args, **kwargs)
+        return self.run(grad, args, kwargs, False)
 
 
 def needs_grad(module: nn.Module, args: tuple, kwargs: dict) -> bool:
@@ -252,9 +237,9 @@ def needs_grad(module: nn.Module, args: tuple, kwargs: dict) -> bool:
 
 
 def _rebuild(module: nn.Module, repos: tuple, backend: str, previous: Any, checks: CallChecks | None = None) -> KernelForward:
-    from .repos import load_layer
+    from ..repos import load_layer
 
-    original = _as_method(previous, module)
+    original = as_method(previous, module)
     table = []
     for repo in repos:
         if repo is None:
