@@ -26,7 +26,7 @@ import inspect
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -37,10 +37,10 @@ from .decisions import CONDITION_FALSE, Decision, Measured, Outcome, Reason, Rej
 from .devices import Device, read_capability
 from .errors import KernelFallbackWarning
 from .hub.errors import LockfileError
-from .layers import LAYER_NAME_ATTR, condition_allows, condition_of, forward_override, original_signature
+from .layers import CONDITION_ATTR, LAYER_NAME_ATTR, condition_allows, condition_of, forward_override, original_signature
 from .mapping import Choice, resolve
 from .modes import Mode
-from .originals import original_forward
+from .originals import INSTALLED_ATTR, original_forward
 from .repos import AnyRepository, load_layer
 from .switches import disabled_by
 from .validation import kernel_problem
@@ -65,11 +65,12 @@ class SitePlan:
     plans: dict[Condition, KernelPlan]
     decisions: tuple[Decision, ...]
     original: Any = None
+    runs_kernel: bool = field(init=False)  # some condition runs a kernel (else the site keeps its forward)
+    always_kernel: bool = field(init=False)  # every condition does
 
-    @property
-    def runs_kernel(self) -> bool:
-        """Whether some condition runs a kernel (else the site keeps its forward)."""
-        return any(p.kernel is not None for p in self.plans.values())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runs_kernel", any(p.kernel is not None for p in self.plans.values()))
+        object.__setattr__(self, "always_kernel", all(p.kernel is not None for p in self.plans.values()))
 
 
 class Planner:
@@ -93,6 +94,7 @@ class Planner:
         self._loaded: dict[AnyRepository, type[nn.Module] | Exception] = {}
         self._plans: dict[tuple[str, Any, Condition], KernelPlan] = {}
         self._sites: dict[tuple, SitePlan] = {}
+        self._by_class: dict[tuple, SitePlan] = {}
 
     def capability(self) -> int:
         """The device's compute capability, read once (raises when it cannot be read)."""
@@ -107,7 +109,22 @@ class Planner:
 
     def site(self, module: nn.Module, layer_name: str) -> SitePlan:
         """Plans, decisions and forward of a site; sites of one class share them (a layer's
-        `kernel_condition` is asked first, per instance)."""
+        `kernel_condition` is asked first, per instance). An instance with nothing of its own (no
+        forward, layer name or condition) is answered from its class's entry: one look-up."""
+        own = vars(module)
+        forward = own.get("forward")
+        plain = (LAYER_NAME_ATTR not in own and CONDITION_ATTR not in own
+                 and (forward is None or (getattr(forward, INSTALLED_ATTR, False) and forward.previous is None)))
+        if plain:
+            found = self._by_class.get((type(module), layer_name))
+            if found is not None:
+                return found
+        planned = self._site(module, layer_name)
+        if plain and condition_of(type(module)) is None:
+            self._by_class[(type(module), layer_name)] = planned
+        return planned
+
+    def _site(self, module: nn.Module, layer_name: str) -> SitePlan:
         overridden = overrides_forward(type(module), layer_name, module)
         if overridden is not None:
             return self.skipped(module, layer_name, overridden)

@@ -33,11 +33,21 @@ from ..checks.verification import call_signature, describe, in_reference_run
 from ..decisions import raise_unless_allowed
 from ..dtensor import guard
 from ..errors import KernelFallbackWarning
+from ..layers import MARKED_ATTR
 from ..originals import ForwardFn, as_method, previous_forward
 
 # Bound once: these run on every call of an installed forward (dynamo knows them by identity).
 _grad_enabled = torch.is_grad_enabled
-_is_compiling = torch.compiler.is_compiling
+
+
+def _is_compiling() -> bool:
+    """`torch.compiler.is_compiling()` for half its cost: dynamo evaluates this at trace time as a
+    constant (`assume_constant_result`), True there; eagerly it reads the flag torch sets while it
+    compiles or exports (no `torch.jit.is_scripting()` call: installed forwards are never scripted)."""
+    return torch.compiler._is_compiling_flag
+
+
+_is_compiling._dynamo_marked_constant = True  # type: ignore[attr-defined]  # = torch._dynamo.assume_constant_result
 # A DTensor lives on a device mesh, which needs a process group: while none is initialized no
 # argument or parameter can be one, and the kernel runs with no DTensor look-up (one attribute read).
 _WORLD = torch.distributed.distributed_c10d._world if torch.distributed.is_available() else None
@@ -96,7 +106,7 @@ class KernelForward:
         self.checked = self.checks.on_eager_calls  # else eager calls run the kernel with no per-call work
         # Per table entry, the kernel class an unchecked eager call may run directly (no DTensor
         # guard while no process group exists), else None: the entry goes through `run`.
-        self.fast = tuple(_Runs(fn) if repo is None else None if self.checked else getattr(fn, "kernel_class", None)
+        self.fast = tuple(_Runs(_unmarked(fn)) if repo is None else None if self.checked else getattr(fn, "kernel_class", None)
                           for fn, repo in zip(table, repos))
         self.findings: list[Finding] = []
         self._verdicts: dict[tuple, bool] = {}  # (table index, call signature) -> the kernel passed its checks
@@ -176,6 +186,12 @@ class KernelForward:
 
     def __repr__(self) -> str:
         return f"<kernel_fx forward of {type(self.module).__name__}: {type(self).__name__}>"
+
+
+def _unmarked(fn: ForwardFn) -> ForwardFn:
+    """The original behind the class's call-boundary wrapper: in eager the wrapper only asks whether
+    dynamo traces, and the fast path runs only when it does not."""
+    return fn.__wrapped__ if getattr(fn, MARKED_ATTR, False) else fn
 
 
 class _Runs:

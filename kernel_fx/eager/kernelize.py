@@ -32,14 +32,14 @@ from ..decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Outcome
 from ..devices import Device, device_index, model_device
 from ..dtensor import fallbacks as dtensor_fallbacks
 from ..errors import ArgumentTypeError, KernelFxError, MappingError
-from ..layers import HUB_FUNCS_ATTR, extensible_in, extensible_modules, hub_function_hosts, layer_name_of, mark_hub_classes
+from ..layers import HUB_FUNCS_ATTR, LAYER_NAME_ATTR, extensible_modules, hub_function_hosts, mark_hub_classes
 from ..modes import Mode, check_kernelize_mode
-from ..originals import installed_forward
+from ..originals import INSTALLED_ATTR, installed_forward
 from ..planner import KernelPlan, Planner, SitePlan
 from ..report import Report
 from ..switches import disabled_by
 from .forwards import ForwardPlan, make_forward, plan_forward
-from .hub_forwards import release_hub_forwards
+from .hub_forwards import HUB_REPO_ATTR, release_hub_forwards
 
 SITES_ATTR = "_kernel_fx_sites"
 NOTES_ATTR = "_kernel_fx_notes"
@@ -118,10 +118,10 @@ def kernelize(
     disabled = disabled_by()
     mark_hub_classes()  # so a later torch.compile(backend="hubkernels") binds their calls exactly
     with _gc_paused():  # thousands of forwards: no collection of the whole heap every few hundred
-        named = list(model.named_modules())  # one walk serves every question below
-        released = release_hub_forwards(model, named)  # never stack on forwards the `kernels` package installed
-        hosts = hub_function_hosts(model, named)
-        plans = _plan_sites(named, planner, disabled, filter_fn, allowed, target, mode, needs_torch_compile)
+        marked, touched = _walk(model)  # one walk serves every question below
+        released = release_hub_forwards(model, touched)  # never stack on forwards the `kernels` package installed
+        hosts = hub_function_hosts(model, touched)
+        plans = _plan_sites(_sites_in(model, marked, touched), planner, disabled, filter_fn, allowed, target, mode, needs_torch_compile)
         forwards: dict[int, ForwardPlan] = {}
         sites = [_install(path, module, site, planner.backend, hosts.get(id(module)), call_checks, forwards) for path, module, site in plans]
     setattr(model, SITES_ATTR, sites)
@@ -140,14 +140,13 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _plan_sites(named: list[tuple[str, nn.Module]], planner: Planner, disabled: str | None, filter_fn: FilterFn | None,
+def _plan_sites(sites: list[tuple[str, nn.Module]], planner: Planner, disabled: str | None, filter_fn: FilterFn | None,
                 allowed: KernelizeFallback | None, target: Device, mode: Mode | None,
                 needs_torch_compile: bool) -> list[tuple[str, nn.Module, SitePlan]]:
     plans = []
     always_kernel: dict[str, str] = {}  # sites whose kernel runs whatever the call: path -> layer name
-    for path, module in _sites_in(named):
-        layer_name = layer_name_of(module)
-        assert layer_name is not None  # extensible_modules yields marked modules only
+    for path, module in sites:
+        layer_name = module.kernel_layer_name  # a str: _sites_in yields marked modules only
         if disabled:
             site = planner.skipped(module, layer_name, Rejected(DISABLED.reason, f"{disabled} is set"))
         elif filter_fn is not None and not filter_fn(module, path):
@@ -161,14 +160,36 @@ def _plan_sites(named: list[tuple[str, nn.Module]], planner: Planner, disabled: 
     return plans
 
 
-def _sites_in(named: list[tuple[str, nn.Module]]) -> Iterator[tuple[str, nn.Module]]:
-    """`extensible_modules` over the listed modules, with `kernels`' function modules."""
-    for path, module in named:
-        if layer_name_of(module) is not None:
-            yield path, module
-        if HUB_FUNCS_ATTR in vars(module):
-            yield from ((f"{path}.{p}" if path else p, m) for p, m in extensible_in(vars(module)[HUB_FUNCS_ATTR].items())
-                        if isinstance(m, nn.Module))
+def _walk(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+    """The marked modules of `model` and those the `kernels` package touched (a forward it
+    installed, function modules it keeps), as (path, module), in `named_modules()` order and
+    with its de-duplication, in one walk."""
+    marked, touched = [], []
+    seen: set[int] = set()
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    while stack:
+        path, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        own = vars(module)
+        if isinstance(getattr(module, LAYER_NAME_ATTR, None), str):
+            marked.append((path, module))
+        if HUB_REPO_ATTR in own or HUB_FUNCS_ATTR in own:
+            touched.append((path, module))
+        children = own["_modules"]
+        if children:
+            prefix = path + "." if path else ""
+            stack.extend((prefix + name, child) for name, child in reversed(children.items()) if child is not None)
+    return marked, touched
+
+
+def _sites_in(model: nn.Module, marked: list[tuple[str, nn.Module]], touched: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """The sites: the marked modules, and where `kernels` keeps per-instance function modules
+    (which `named_modules()` does not list) every site in walk order (a second walk, then)."""
+    if any(HUB_FUNCS_ATTR in vars(m) for _p, m in touched):
+        return list(extensible_modules(model))
+    return marked
 
 
 def unkernelize(model: nn.Module) -> nn.Module:
@@ -226,11 +247,15 @@ def _enclosed(planner: Planner, module: nn.Module, layer_name: str, site: SitePl
     """A site inside one whose kernel always runs: the enclosing kernel replaces the whole call, so
     this site's own kernel is not installed (the compiled pass reports it the same way). A site
     that would keep its original anyway keeps its own reason."""
+    if "." not in path and "" not in always_kernel:  # a child of the root: nothing encloses it
+        if site.always_kernel and path:
+            always_kernel[path] = layer_name
+        return site
     outer = _enclosing(path, always_kernel)
     if outer is not None and site.runs_kernel:
         detail = f"inside {outer or '<root>'} ({always_kernel[outer]}), which runs a kernel"
         return planner.skipped(module, layer_name, Rejected(Reason.ENCLOSED, detail))
-    if outer is None and all(plan.kernel is not None for plan in site.plans.values()):
+    if outer is None and site.always_kernel:
         always_kernel[path] = layer_name
     return site
 
@@ -301,10 +326,10 @@ def _install(path: str, module: nn.Module, site: SitePlan, backend: str, host: n
         plan = forwards.get(id(site))
         if plan is None:
             plan = forwards[id(site)] = plan_forward(site.original, {c: (p.kernel, p.repository) for c, p in site.plans.items()})
-    previous = installed_forward(module)
-    if previous is not None:
+    previous = vars(module).get("forward")
+    if previous is not None and getattr(previous, INSTALLED_ATTR, False):
         if (plan is not None and previous.table == plan.table and previous.backend == backend
-                and previous.checks == checks):
+                and (previous.checks is checks or previous.checks == checks)):
             return path, site.decisions  # a repeated kernelize: the same forward is already there
         previous.uninstall()  # kernelize is idempotent: always start from the original forward
     if plan is not None:
