@@ -105,7 +105,7 @@ def kernelize(
     allowed = _allowed_fallbacks(use_fallback)
     if not isinstance(check_outputs, bool):
         raise ArgumentTypeError(f"kernelize(check_outputs={check_outputs!r}) must be True or False.")
-    call_checks = CallChecks(Verify.of(verify), allowed, check_outputs, ordered(checks))
+    call_checks = _interned(CallChecks(Verify.of(verify), allowed, check_outputs, ordered(checks)))
     if mode is not None:
         check_kernelize_mode(mode)
         if needs_torch_compile:
@@ -123,7 +123,16 @@ def kernelize(
         hosts = hub_function_hosts(model, touched)
         plans = _plan_sites(_sites_in(model, marked, touched), planner, disabled, filter_fn, allowed, target, mode, needs_torch_compile)
         forwards: dict[int, ForwardPlan] = {}
-        sites = [_install(path, module, site, planner.backend, hosts.get(id(module)), call_checks, forwards) for path, module, site in plans]
+        backend = planner.backend
+        sites = []
+        for path, module, site in plans:
+            previous = vars(module).get("forward")
+            if (site.runs_kernel and previous is not None and getattr(previous, INSTALLED_ATTR, False)
+                    and previous.checks is call_checks and previous.backend == backend
+                    and previous.table == _forward_plan(site, forwards).table):
+                sites.append((path, site.decisions))  # a repeated kernelize: the same forward is already there
+            else:
+                sites.append(_install(path, module, site, backend, hosts.get(id(module)) if hosts else None, call_checks, forwards))
     setattr(model, SITES_ATTR, sites)
     setattr(model, NOTES_ATTR, released)
     return model
@@ -160,27 +169,38 @@ def _plan_sites(sites: list[tuple[str, nn.Module]], planner: Planner, disabled: 
     return plans
 
 
+_CHECKS: dict[CallChecks, CallChecks] = {}
+
+
+def _interned(checks: CallChecks) -> CallChecks:
+    """One object per distinct setting: a repeated kernelize finds its forwards by identity."""
+    return _CHECKS.setdefault(checks, checks)
+
+
 def _walk(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
     """The marked modules of `model` and those the `kernels` package touched (a forward it
     installed, function modules it keeps), as (path, module), in `named_modules()` order and
     with its de-duplication, in one walk."""
     marked, touched = [], []
-    seen: set[int] = set()
+    seen: set[nn.Module] = set()  # by identity: nn.Module hashes by id
     stack: list[tuple[str, nn.Module]] = [("", model)]
+    pop, push = stack.pop, stack.append
     while stack:
-        path, module = stack.pop()
-        if id(module) in seen:
+        path, module = pop()
+        if module in seen:
             continue
-        seen.add(id(module))
-        own = vars(module)
-        if isinstance(getattr(module, LAYER_NAME_ATTR, None), str):
+        seen.add(module)
+        own = module.__dict__
+        if type(getattr(module, LAYER_NAME_ATTR, None)) is str:
             marked.append((path, module))
         if HUB_REPO_ATTR in own or HUB_FUNCS_ATTR in own:
             touched.append((path, module))
         children = own["_modules"]
         if children:
             prefix = path + "." if path else ""
-            stack.extend((prefix + name, child) for name, child in reversed(children.items()) if child is not None)
+            for name, child in reversed(children.items()):
+                if child is not None:
+                    push((prefix + name, child))
     return marked, touched
 
 
@@ -319,13 +339,17 @@ def _raise_on_fallback(path: str, layer_name: str, device: Device, mode: Mode | 
 # -- installing -------------------------------------------------------------------------------
 
 
+def _forward_plan(site: SitePlan, forwards: dict[int, ForwardPlan]) -> ForwardPlan:
+    """One ForwardPlan per SitePlan: sites planned alike share their table."""
+    plan = forwards.get(id(site))
+    if plan is None:
+        plan = forwards[id(site)] = plan_forward(site.original, {c: (p.kernel, p.repository) for c, p in site.plans.items()})
+    return plan
+
+
 def _install(path: str, module: nn.Module, site: SitePlan, backend: str, host: nn.Module | None,
              checks: CallChecks, forwards: dict[int, ForwardPlan]) -> tuple[str, tuple[Decision, ...]]:
-    plan = None
-    if site.runs_kernel:  # one ForwardPlan per SitePlan: sites planned alike share their table
-        plan = forwards.get(id(site))
-        if plan is None:
-            plan = forwards[id(site)] = plan_forward(site.original, {c: (p.kernel, p.repository) for c, p in site.plans.items()})
+    plan = _forward_plan(site, forwards) if site.runs_kernel else None
     previous = vars(module).get("forward")
     if previous is not None and getattr(previous, INSTALLED_ATTR, False):
         if (plan is not None and previous.table == plan.table and previous.backend == backend
