@@ -39,6 +39,7 @@ def main() -> None:
     substituted: Counter = Counter()
     skipped: Counter = Counter()
     failures: list[dict] = []
+    upstream: list[dict] = []  # wrong the same way with the inner backend alone: torch's, not kernel_fx's
     runs = 0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,6 +50,8 @@ def main() -> None:
             runs += result.runs
             substituted.update(result.substituted)
             skipped.update(result.skipped)
+            if result.upstream:
+                upstream.append({"seed": seed, "inductor": inductor, "wrong": result.upstream})
             if result.failed:
                 failures.append({"seed": seed, "inductor": inductor, "wrong": result.wrong, "crashed": result.crashed})
                 print(f"seed {seed}: {(result.wrong + result.crashed)[0][:300]}", flush=True)
@@ -58,11 +61,11 @@ def main() -> None:
         "cases": args.cases, "first_seed": args.start, "runs": runs, "seconds": round(time.perf_counter() - started, 1),
         "sites_substituted": dict(substituted), "sites_skipped_by_reason": dict(skipped.most_common()),
         "wrong_outputs": sum(len(f["wrong"]) > 0 for f in failures), "crashes": sum(len(f["crashed"]) > 0 for f in failures),
-        "failures": failures, "torch": torch.__version__, "machine": platform.platform(),
+        "failures": failures, "upstream_wrong": len(upstream), "upstream": upstream, "torch": torch.__version__, "machine": platform.platform(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2))
-    print(json.dumps({k: v for k, v in figures.items() if k != "failures"}, indent=2))
+    print(json.dumps({k: v for k, v in figures.items() if k not in ("failures", "upstream")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from .checks.verification import Tolerance, Verify
 from .compile.backend_name import offer_backend_name
 from .decisions import Decision, KernelizeFallback, Measured, Outcome, Reason, Rejected
 from .defaults import default_mapping
 from .devices import CUDAProperties, Device, ROCMProperties
+from .eager.inspect_layers import KernelizedFunc, KernelizedLayer, KernelizedLayers, get_kernelized_layers
+from .eager.kernelize import kernelize, report, unkernelize
 from .errors import (
     KernelFallbackWarning,
     KernelFxError,
@@ -19,8 +22,6 @@ from .errors import (
 from .explain import Explanation, explain
 from .hub.api import get_kernel, get_kernel_variants, get_local_kernel, get_locked_kernel, has_kernel, load_kernel
 from .hub.deps import get_kernel_dep
-from .inspect_layers import KernelizedFunc, KernelizedLayer, KernelizedLayers, get_kernelized_layers
-from .kernelize import kernelize, report, unkernelize
 from .layers import (
     replace_kernel_forward_from_hub,
     use_kernel_forward_from_hub,
@@ -38,7 +39,6 @@ from .repos import (
     LockedFuncRepository,
     LockedLayerRepository,
 )
-from .verification import Tolerance, Verify
 
 __version__ = "0.1.0"
 

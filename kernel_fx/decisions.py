@@ -16,7 +16,7 @@ True
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum, Flag, auto
 from typing import Any
 
@@ -60,14 +60,26 @@ class Reason(str, Enum):
     OPAQUE_ALIASING = "aliased output"  # an output is a view of an input that is written later
     OPAQUE_SIDE_EFFECT = "side effect under autograd"  # the opaque backward would run the writes twice
     OPAQUE_NO_METADATA = "no output metadata"  # the original could not run on fake tensors
+    OPAQUE_UNKNOWN_EFFECTS = "unknown effects"  # the kernel's writes not found on fakes, and the original writes
+    REFUSED_BY_CHECK = "refused by a check"  # a check passed with checks=... (or one that raised) said no
 
 
 @dataclass(frozen=True)
 class Rejected:
-    """A typed "no": the reason and the detail that explains it."""
+    """A typed "no".
+
+    Attributes:
+        reason: why, as a `Reason` (what reports count and `use_fallback=False` judges).
+        detail: the sentence that explains it for this site.
+        check: the name of the check that made it (None: the planner or a path's own rule).
+        exception: the exception behind it, when one was raised (a failed load, a check that
+            raised); kept for debugging, not compared.
+    """
 
     reason: Reason
     detail: str
+    check: str | None = field(default=None, compare=False)
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.reason.value}: {self.detail}"
@@ -123,15 +135,19 @@ class Decision:
     call_index: int | None = None
     path_kind: str = "eager"
     measured: Measured | None = None  # verify=True: the kernel's measured error on the site's inputs
+    figures: tuple[tuple[str, Any], ...] = ()  # (check name, what it measured) for the checks that measured
 
     @property
     def uses_kernel(self) -> bool:
         return self.outcome is not Outcome.ORIGINAL
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: a rejection's exception is no data
+        data["measured"] = None if self.measured is None else asdict(self.measured)
         data["outcome"] = self.outcome.value
-        data["rejected"] = None if self.rejected is None else {"reason": self.rejected.reason.value, "detail": self.rejected.detail}
+        data["rejected"] = None if self.rejected is None else {"reason": self.rejected.reason.value, "detail": self.rejected.detail,
+                                                               "check": self.rejected.check}
+        data["figures"] = {name: str(value) for name, value in self.figures}
         return data
 
 

@@ -17,6 +17,7 @@ from .errors import MappingError
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 # The device types of the `kernels` package (0.19): TPU and AWS Neuron joined in 0.18.
 DEVICE_TYPES = ("cpu", "cuda", "rocm", "mps", "xpu", "npu", "neuron", "tpu")
@@ -126,3 +127,29 @@ def read_capability(type_: str, index: int | None) -> int:
         raise RuntimeError(f"torch {torch.__version__} sees no {type_} device")
     major, minor = torch.cuda.get_device_capability(index if index is not None else torch.cuda.current_device())
     return major * 10 + minor
+
+
+# -- a model's device ----------------------------------------------------------------------------
+
+
+def _first_tensor(model: nn.Module) -> torch.Tensor | None:
+    for module in model.modules():  # one walk, stopping at the first module holding a tensor
+        for tensor in (*module._parameters.values(), *module._buffers.values()):
+            if tensor is not None:
+                return tensor
+    return None
+
+
+def model_device(model: nn.Module) -> torch.device | str:
+    """The device of a model's first parameter or buffer (`rocm:N` on ROCm builds); every path's default."""
+    import torch
+
+    tensor = _first_tensor(model)
+    if tensor is None:
+        raise MappingError(
+            f"kernelize cannot infer the device of {type(model).__name__}: it has no parameters or buffers; "
+            "pass device='cpu', 'cuda:0' or a torch.device."
+        )
+    if tensor.device.type == "cuda" and getattr(torch.version, "hip", None):
+        return f"rocm:{tensor.device.index}"
+    return tensor.device

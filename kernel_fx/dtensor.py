@@ -205,6 +205,7 @@ def guard(kernel: type, original: Callable[..., Any]) -> Callable[..., Any]:
             return dtensor_call(kernel, original, module, args, kwargs)
 
         functools.update_wrapper(forward, kernel.forward)  # the kernel's name and module (pickled models find it)
+        forward.kernel_class = kernel  # type: ignore[attr-defined]  # what the checks' subject names as its kernel
         _GUARDS[key] = forward
     return _GUARDS[key]
 

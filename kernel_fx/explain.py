@@ -65,7 +65,7 @@ def explain(
     `model` itself is never changed. `kernelize_kwargs` go to `kernelize` (`mode=`, `filter_fn=`, ...).
     """
     from .compile.backend import HubKernelsBackend
-    from .kernelize import kernelize, report
+    from .eager.kernelize import kernelize, report
 
     eager_copy = copy.deepcopy(model)
     kernelize(eager_copy, device=device, **(kernelize_kwargs or {}))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -303,7 +303,12 @@ def extensible_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     >>> [path for path, _ in extensible_modules(nn.Sequential(nn.Linear(2, 2), Twice()))]
     ['1']
     """
-    for path, module in model.named_modules():
+    yield from extensible_in(model.named_modules())
+
+
+def extensible_in(named: Iterable[tuple[str, nn.Module]]) -> Iterator[tuple[str, nn.Module]]:
+    """`extensible_modules` of modules already listed as (path, module): one walk serves several uses."""
+    for path, module in named:
         if layer_name_of(module) is not None:
             yield path, module
         for name, function in vars(module).get(HUB_FUNCS_ATTR, {}).items():
@@ -311,12 +316,14 @@ def extensible_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
                 yield (f"{path}.{name}" if path else name), function
 
 
-def hub_function_hosts(model: nn.Module) -> dict[int, nn.Module]:
+def hub_function_hosts(model: nn.Module, named: Iterable[tuple[str, nn.Module]] | None = None) -> dict[int, nn.Module]:
     """{id(function module): its host module} for `kernels`' per-instance function modules."""
+    modules = (m for _p, m in named) if named is not None else model.modules()
     return {
         id(function): module
-        for module in model.modules()
-        for function in vars(module).get(HUB_FUNCS_ATTR, {}).values()
+        for module in modules
+        if HUB_FUNCS_ATTR in vars(module)
+        for function in vars(module)[HUB_FUNCS_ATTR].values()
     }
 
 

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from .checks.calls import check_while_tracing
+
 # Set on the hubkernels backend function and on HubKernelsBackend: how a trace recognises them.
 BACKEND_ATTR = "_kernel_fx_hubkernels"
 
@@ -206,7 +208,10 @@ def marked_call(forward: Callable[..., Any], wrapper: Callable[..., Any], module
         plan_id = chooser(class_name(type(module)), layer_name, _device_type(values), _needs_grad(module, values))
     meta = (token, module.training, tuple(names), class_name(type(module)), layer_name, plan_id)
     if plan_id:
-        forward = getattr(TRACE_TIME_FORWARDS, f"plan_{plan_id}", forward)
+        kernel_forward = getattr(TRACE_TIME_FORWARDS, f"plan_{plan_id}", None)
+        # the checks every path runs, on this call's fake values at trace time (see call_checks)
+        if kernel_forward is not None and check_while_tracing(plan_id, 0, args, kwargs, module):
+            forward = kernel_forward
     aliases = iter(enter(meta, *values))
     new_args = list(args)
     new_kwargs = dict(kwargs)

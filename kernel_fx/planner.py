@@ -10,7 +10,7 @@ the caller can run the kernel as an opaque op). Loads and plans are cached per p
 >>> from torch import nn
 >>> import kernel_fx
 >>> from kernel_fx.devices import Device
->>> from kernel_fx.forwards import Condition
+>>> from kernel_fx.conditions import Condition
 >>> @kernel_fx.use_kernel_forward_from_hub("Double")
 ... class Double(nn.Module):
 ...     def forward(self, x):
@@ -26,19 +26,21 @@ import inspect
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from .checks import Verdict
+from .conditions import CONDITIONS, Condition
 from .decisions import CONDITION_FALSE, Decision, Measured, Outcome, Reason, Rejected
 from .devices import Device, read_capability
 from .errors import KernelFallbackWarning
-from .forwards import CONDITIONS, Condition, ForwardPlan, original_forward, plan_forward
 from .hub.errors import LockfileError
-from .layers import LAYER_NAME_ATTR, condition_allows, condition_of, forward_override, original_signature, signature_owner
+from .layers import CONDITION_ATTR, LAYER_NAME_ATTR, condition_allows, condition_of, forward_override, original_signature, signature_owner
 from .mapping import Choice, resolve
 from .modes import Mode
+from .originals import INSTALLED_ATTR, original_forward
 from .repos import AnyRepository, load_layer
 from .switches import disabled_by
 from .validation import kernel_problem
@@ -57,12 +59,18 @@ class KernelPlan:
 
 @dataclass(frozen=True)
 class SitePlan:
-    """A site's plan under every condition the caller asked about, its decisions, and the
-    forward to install (None when no condition runs a kernel)."""
+    """A site's plan under every condition the caller asked about, its decisions, and the forward
+    those plans replace (`original`: None for a skipped site)."""
 
     plans: dict[Condition, KernelPlan]
     decisions: tuple[Decision, ...]
-    forward: ForwardPlan | None
+    original: Any = None
+    runs_kernel: bool = field(init=False)  # some condition runs a kernel (else the site keeps its forward)
+    always_kernel: bool = field(init=False)  # every condition does
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runs_kernel", any(p.kernel is not None for p in self.plans.values()))
+        object.__setattr__(self, "always_kernel", all(p.kernel is not None for p in self.plans.values()))
 
 
 class Planner:
@@ -86,6 +94,7 @@ class Planner:
         self._loaded: dict[AnyRepository, type[nn.Module] | Exception] = {}
         self._plans: dict[tuple[str, Any, Condition], KernelPlan] = {}
         self._sites: dict[tuple, SitePlan] = {}
+        self._by_class: dict[tuple, SitePlan] = {}
 
     def capability(self) -> int:
         """The device's compute capability, read once (raises when it cannot be read)."""
@@ -100,7 +109,22 @@ class Planner:
 
     def site(self, module: nn.Module, layer_name: str) -> SitePlan:
         """Plans, decisions and forward of a site; sites of one class share them (a layer's
-        `kernel_condition` is asked first, per instance)."""
+        `kernel_condition` is asked first, per instance). An instance with nothing of its own (no
+        forward, layer name or condition) is answered from its class's entry: one look-up."""
+        own = vars(module)
+        forward = own.get("forward")
+        plain = (LAYER_NAME_ATTR not in own and CONDITION_ATTR not in own
+                 and (forward is None or (getattr(forward, INSTALLED_ATTR, False) and forward.previous is None)))
+        if plain:
+            found = self._by_class.get((type(module), layer_name))
+            if found is not None:
+                return found
+        planned = self._site(module, layer_name)
+        if plain and condition_of(type(module)) is None:
+            self._by_class[(type(module), layer_name)] = planned
+        return planned
+
+    def _site(self, module: nn.Module, layer_name: str) -> SitePlan:
         overridden = overrides_forward(type(module), layer_name, module)
         if overridden is not None:
             return self.skipped(module, layer_name, overridden)
@@ -151,10 +175,7 @@ class Planner:
         return self._plans[key]
 
     def _site_plan(self, module: nn.Module, layer_name: str, original: Any, plans: dict[Condition, KernelPlan]) -> SitePlan:
-        forward = None
-        if any(p.kernel is not None for p in plans.values()):
-            forward = plan_forward(original, {c: (p.kernel, p.repository) for c, p in plans.items()})
-        return SitePlan(plans, site_decisions(module, layer_name, plans, self.device), forward)
+        return SitePlan(plans, site_decisions(module, layer_name, plans, self.device), original)
 
     def _plan(self, module: nn.Module, layer_name: str, original: Any, condition: Condition) -> KernelPlan:
         owner = signature_owner(module)
@@ -228,9 +249,14 @@ def overrides_forward(cls: type, layer_name: str, module: nn.Module | None = Non
 
 def build_decision(*, path: str, layer_name: str, module_class: str, device: str, mode: str, outcome: Outcome,
                    plan: KernelPlan | None, rejected: Rejected | None, call_index: int | None = None,
-                   path_kind: str = "eager", repository: str | None = None, measured: Measured | None = None) -> Decision:
+                   path_kind: str = "eager", repository: str | None = None, measured: Measured | None = None,
+                   verdict: Verdict | None = None) -> Decision:
     """The one way every path records a site: where the kernel came from is read off `plan`
-    (only when a kernel runs); `repository` overrides it (e.g. "installed by kernelize")."""
+    (only when a kernel runs); `repository` overrides it (e.g. "installed by kernelize"); the
+    checks' `verdict` gives the figures by check name (a `Measured` among them is the verify error)."""
+    figures = verdict.figures if verdict is not None else ()
+    if measured is None:
+        measured = next((f for _name, f in figures if isinstance(f, Measured)), None)
     kernel = plan.kernel if plan is not None and outcome is not Outcome.ORIGINAL else None
     source = _source_of(kernel)
     repo = plan.repository if plan is not None else None
@@ -240,6 +266,7 @@ def build_decision(*, path: str, layer_name: str, module_class: str, device: str
         path=path, layer_name=layer_name, module_class=module_class, device=device, mode=mode, outcome=outcome,
         repository=repository, variant=source.variant if source else None, rejected=rejected,
         unpinned=bool(getattr(repo, "unpinned", False)), call_index=call_index, path_kind=path_kind, measured=measured,
+        figures=figures,
     )
 
 

@@ -1,6 +1,14 @@
-"""The package's shape, as ARCHITECTURE.md states it: no import cycles (function-level imports
-included), no private name imported from another module, and nothing outside `compile/` imports it
-(but the public API's lazy re-export)."""
+"""The package's shape: no import cycles (function-level imports included), no private name
+imported from another module, and the layering the folders show —
+
+    public face   kernel_fx/__init__.py, explain, cli*, demo/, integrations/
+    paths         eager/ (kernelize)   compile/ (hubkernels, kernelize_graph)   — siblings
+    checks        checks/ (the pipeline every path runs)
+    core          planner, mapping, repos, hub/, layers, markers, decisions, report, ...
+
+each layer importing only the layers below it: neither path imports the other, the checks and
+the core import no path, and the core does not import the checks' package machinery except
+through the markers' trace-time hook (`checks.calls`)."""
 
 from __future__ import annotations
 
@@ -10,8 +18,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "kernel_fx"
 SOURCES = sorted(p for p in ROOT.rglob("*.py") if "kernels" not in p.relative_to(ROOT).parts)
 # Above both paths, so free to use them: the public API, which re-exports the backend lazily
-# (`import kernel_fx` stays cheap), and `explain`, the dry run of both paths.
+# (`import kernel_fx` stays cheap), `explain`, the dry run of both paths, and the command line,
+# demo and integrations, which use the public API.
 COMPILE_IMPORTERS_ALLOWED = {"kernel_fx", "kernel_fx.explain"}
+PUBLIC_FACE = ("kernel_fx", "kernel_fx.explain", "kernel_fx.cli", "kernel_fx.cli_hub", "kernel_fx.demo", "kernel_fx.integrations")
+PATHS = ("kernel_fx.eager", "kernel_fx.compile")
+
+
+def layer_of(module: str) -> str:
+    """"face", "eager", "compile", "checks" or "core"."""
+    if module == "kernel_fx" or any(module == f or module.startswith(f + ".") for f in PUBLIC_FACE[1:]):
+        return "face"
+    for package in (*PATHS, "kernel_fx.checks"):
+        if module == package or module.startswith(package + "."):
+            return package.removeprefix("kernel_fx.")
+    return "core"
 
 
 def module_name(path: Path) -> str:
@@ -76,7 +97,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert graph["kernel_fx.kernelize"] >= {"kernel_fx.planner", "kernel_fx.decisions"}  # the scan sees imports
+    assert graph["kernel_fx.eager.kernelize"] >= {"kernel_fx.planner", "kernel_fx.decisions"}  # the scan sees imports
     assert cycles(graph) == []
 
 
@@ -100,6 +121,37 @@ def test_nothing_outside_compile_imports_it():
         if module.startswith("kernel_fx.compile") or (module == "kernel_fx" and "compile" in names)
     }
     assert importers <= COMPILE_IMPORTERS_ALLOWED
+
+
+# Which layers each layer may import (its own included).
+ALLOWED = {
+    "face": {"face", "eager", "compile", "checks", "core"},
+    "eager": {"eager", "checks", "core"},
+    "compile": {"compile", "checks", "core"},
+    "checks": {"checks", "core"},
+    "core": {"core", "checks"},  # markers runs the trace-time checks (checks.calls); nothing else
+}
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    graph = import_graph()
+    wrong = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer_of(b) not in ALLOWED[layer_of(a)])
+    assert wrong == []
+
+
+def test_the_core_uses_the_checks_only_for_trace_time_calls():
+    graph = import_graph()
+    users = sorted(a for a, targets in graph.items() if layer_of(a) == "core" for b in targets if layer_of(b) == "checks")
+    assert set(users) <= {"kernel_fx.markers", "kernel_fx.planner"}  # the hook; the planner records verdicts
+
+
+def test_the_paths_are_sibling_packages():
+    graph = import_graph()
+    assert not any(b.startswith("kernel_fx.compile") for a, t in graph.items() if a.startswith("kernel_fx.eager") for b in t)
+    assert not any(b.startswith("kernel_fx.eager") for a, t in graph.items() if a.startswith("kernel_fx.compile") for b in t)
+    assert graph["kernel_fx.compile.decide"] >= {"kernel_fx.planner"}
+    assert graph["kernel_fx.eager.forwards"] >= {"kernel_fx.checks.calls"}
+    assert graph["kernel_fx.checks.calls"] >= {"kernel_fx.checks.pipeline"}
 
 
 def test_the_cycle_finder_finds_a_cycle():

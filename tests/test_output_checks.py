@@ -1,5 +1,6 @@
-"""Issue 14 finding 6, eagerly: a kernel whose output is shaped unlike the original's (shape, dtype,
-structure) is set aside on its first call per input signature, with reason "wrong output"."""
+"""Issue 14 finding 6, eagerly: with `check_outputs=True` a kernel whose output is shaped unlike the
+original's (shape, dtype, structure) is set aside on its first call per input signature, with
+reason "wrong output". By default (issue 19) a call a kernel serves never runs the original."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ RIGHT = "return torch.mul(x, self.weight * self.factor)"
 
 
 def _kernelized(kernel_repo, forward, **kwargs):
+    kwargs.setdefault("check_outputs", True)
     repo = kernel_repo({"torch-cpu": {"layers.py": scale_source(forward=forward)}})
     model = nn.Sequential(Scale(8))
     with use_kernel_mapping({"Scale": {"cpu": LocalLayerRepository(repo, layer_name="Scale")}}):
@@ -101,9 +103,46 @@ def test_the_checks_write_nothing(kernel_repo, verify):
     repo = kernel_repo({"torch-cpu": {"layers.py": COUNTED}})
     model = nn.Sequential(Counted())
     with use_kernel_mapping({"Counted": {"cpu": LocalLayerRepository(repo, layer_name="Counted")}}):
-        kernelize(model, device="cpu", verify=verify)
+        kernelize(model, device="cpu", verify=verify, check_outputs=True)
     acc = torch.zeros(3)
     out = model[0](torch.ones(3), acc)
     assert model[0].calls.item() == 1 and acc.tolist() == [1.0, 1.0, 1.0]
     assert out.tolist() == [2.0, 2.0, 2.0]
     assert all(d.rejected is None for d in kernel_fx.report(model).decisions if d.mode == "INFERENCE")
+
+
+CALLS = {"original": 0}  # a module-level counter: no copy of the module can hide a call
+
+
+@kernel_fx.use_kernel_forward_from_hub("Scale")
+class CountingScale(Scale):
+    """Scale whose original forward counts its calls, on the instance and in a global."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(width)
+        self.n_calls = 0
+
+    def forward(self, x):
+        self.n_calls += 1
+        CALLS["original"] += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("mode", [None, kernel_fx.Mode.INFERENCE], ids=["per-call", "inference"])
+def test_by_default_the_original_never_runs_on_a_call_its_kernel_serves(kernel_repo, mode):
+    repo = kernel_repo({"torch-cpu": {"layers.py": scale_source(forward=RIGHT)}})
+    model = nn.Sequential(CountingScale(8))
+    with use_kernel_mapping({"Scale": {"cpu": LocalLayerRepository(repo, layer_name="Scale")}}):
+        kernelize(model, device="cpu", mode=mode)
+    before = CALLS["original"]
+    with torch.no_grad():
+        for batch in (2, 3, 2):  # new input signatures too
+            model(torch.randn(batch, 8))
+    assert model[0].n_calls == 0 and CALLS["original"] == before
+    assert kernel_fx.report(model).summary() == "1 site: 1 kernel, 0 original"
+
+
+def test_without_check_outputs_a_wrong_kernel_runs_eagerly(kernel_repo):
+    """The documented trade-off: the eager comparison is opt-in (the compiled paths always check)."""
+    model = _kernelized(kernel_repo, WRONG_SHAPE, check_outputs=False)
+    assert model(torch.randn(2, 8)).shape == (1, 8)

@@ -42,7 +42,7 @@ from .sites import Site, example_value
 from .standin import InputRef
 
 if TYPE_CHECKING:
-    from .decide import Candidate, PassContext
+    from .decide import Candidate
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ Compiler = Callable[[fx.GraphModule, list[Any]], Callable[..., Any]]
 MEMO_KEY = "autotune"
 
 
-def faster_than_original(candidate: Candidate, context: PassContext) -> Rejected | None:
+def faster_than_original(candidate: Candidate) -> Rejected | None:
     """With `autotune=True`: the kernel's substitution is timed faster than the original region."""
+    context = candidate.context
     if not context.options.autotune:
         return None
     tuner: Tuner = context.memo(MEMO_KEY, lambda: Tuner(context.gm, context.example_inputs, context.sites,

@@ -23,6 +23,8 @@ Options (`torch.compile(..., options={...})` or `HubKernelsBackend(...)`):
                   runs so) on the real example inputs and keep it only within the tolerance;
                   the measured error goes in the report (see verify.py; costs one eager run of
                   the graph, and one kernel and one original run per distinct call)
+    checks        kernel_fx.checks.Check objects run with the pass's own, in their phases, on
+                  every site (trace-time ones too); a rejection keeps the original, with its reason
 torch.compile's own `mode=` ("max-autotune", ...) goes to inductor.
 
 A layer and a kernel for it (the bundled CPU SiluAndMul), and the graph before and after:
@@ -65,13 +67,14 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import fx
 
 from .. import markers
+from ..checks import Check
 from ..graph_records import GraphRecord
 from ..layers import mark_hub_classes
 from ..modes import Mode
@@ -102,8 +105,8 @@ class HubKernelsBackend:
 
     def __init__(self, *, inner: str | Callable[..., Any] = "inductor", mode: Mode | str | None = None,
                  device: str | torch.device | None = None, use_fallback: bool = True, autotune: bool = False,
-                 verify: Any = None) -> None:
-        self.options = Options(inner, mode, device, use_fallback, autotune, verify)  # type: ignore[arg-type]
+                 verify: Any = None, checks: Sequence[Check] = ()) -> None:
+        self.options = Options(inner, mode, device, use_fallback, autotune, verify, tuple(checks))  # type: ignore[arg-type]
         mark_hub_classes()  # classes loaded since this module was imported
         self.records: list[GraphRecord] = []
 

@@ -18,13 +18,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import fx, nn
 
+from ..checks import Check, CheckResult, CheckSettings, Verdict, run_checks
+from ..conditions import Condition
 from ..decisions import Decision, Measured, Outcome, Reason, Rejected, raise_unless_allowed
 from ..devices import Device
-from ..forwards import Condition, installed_forward, original_forward
+from ..errors import KernelFxError
 from ..graph_records import SubstitutionKind
 from ..layers import extensible_modules, layer_name_of
+from ..originals import installed_forward, original_forward
 from ..planner import KernelPlan, Planner, build_decision, is_disabled, repository_label
-from . import trace_time
+from . import output_check, trace_time, verify
 from .prepare import Substitution, TraceCache, prepare
 from .sites import Site
 
@@ -32,7 +35,6 @@ if TYPE_CHECKING:
     from .options import Options
 
 Compiler = Callable[[fx.GraphModule, list[Any]], Callable[..., Any]]
-Check = Callable[["Candidate", "PassContext"], "Rejected | None"]
 
 
 @dataclass
@@ -63,12 +65,40 @@ class PassContext:
 
 @dataclass
 class Candidate:
-    """One site on its way to a decision: the condition and device it is planned for, and (on
-    first use) its plan and its prepared substitution."""
+    """One site on its way to a decision, as the checks see it (a `kernel_fx.checks.Subject` of
+    the compiled path): the condition and device it is planned for, and (on first use) its plan,
+    its prepared substitution and the outputs the checks compare."""
 
     site: Site
     context: PassContext
-    measured: Measured | None = None  # set by a check that measured the kernel (verify=True)
+    path_kind: str = "compiled"
+    inputs: str = ""  # the call's values are symbolic here: reasons name no input shapes
+
+    @property
+    def layer_name(self) -> str:
+        return self.site.layer_name
+
+    @property
+    def module(self) -> nn.Module | None:
+        return self.site.module
+
+    @property
+    def kernel(self) -> type | None:
+        plan = self.__dict__.get("plan")
+        return plan.kernel if plan is not None else None
+
+    @property
+    def settings(self) -> CheckSettings:
+        return CheckSettings(outputs=True, verify=self.context.options.verify)
+
+    def expected(self) -> Any:
+        return output_check.expected_outputs(self)
+
+    def actual(self) -> Any:
+        return output_check.kernel_outputs(self)
+
+    def measure(self) -> Measured | None:
+        return verify.measure_candidate(self)
 
     @cached_property
     def condition(self) -> Condition:
@@ -137,24 +167,26 @@ def _decide_one(sites: Sequence[Site], i: int, replaced: set[int], context: Pass
     installed = _installed_by_kernelize(candidate)
     if installed is not None:
         return SiteDecision(installed)
-    for check in checks:
-        rejected = check(candidate, context)
-        if rejected is not None:
-            plan = candidate.__dict__.get("plan")  # only a plan already made: a rejection may come before one
-            return SiteDecision(_decision(site, candidate if plan is not None else None, Outcome.ORIGINAL, rejected,
-                                          measured=candidate.measured))
+    verdict = run_checks(checks, candidate, "compiled")
+    if verdict.rejected is not None:
+        plan = candidate.__dict__.get("plan")  # only a plan already made: a rejection may come before one
+        return SiteDecision(_decision(site, candidate if plan is not None else None, Outcome.ORIGINAL, verdict.rejected,
+                                      verdict=verdict))
     sub = candidate.substitution
-    assert isinstance(sub, Substitution)  # the `prepares` check rejected every other outcome
+    if not isinstance(sub, Substitution):  # a pipeline without the `prepares` check
+        raise KernelFxError(f"the checks let {site.path or '<root>'} through without a prepared kernel: {sub}")
     outcome = Outcome.OPAQUE_KERNEL if sub.how is SubstitutionKind.OPAQUE else Outcome.KERNEL
-    return SiteDecision(_decision(site, candidate, outcome, sub.why_opaque, measured=candidate.measured), sub)
+    return SiteDecision(_decision(site, candidate, outcome, sub.why_opaque, verdict=verdict), sub)
 
 
 def _chosen_at_trace_time(candidate: Candidate, graph_paths: set[str]) -> SiteDecision:
     """A call carrying Python state was decided while dynamo traced it (see trace_time.py)."""
     site = candidate.site
     plan = trace_time.PLANS[site.trace_plan]
+    found = trace_time.FINDINGS.get(site.trace_plan)
+    verdict = Verdict(found.rejected, ()) if found is None else Verdict(found.rejected, tuple((n, CheckResult(None, f)) for n, f in found.figures))
     if plan.kernel is None:
-        return SiteDecision(_decision(site, candidate, Outcome.ORIGINAL, plan.rejected, plan=plan))
+        return SiteDecision(_decision(site, candidate, Outcome.ORIGINAL, plan.rejected, plan=plan, verdict=verdict))
     # The original was not traced: the marked calls it would make and the kernel does not are not
     # in the graph. Report them as eager kernelize lists them, each with why it does not run.
     inner = [(f"{site.path}.{path}", module) for path, module in extensible_modules(site.module) if path] if site.module else []
@@ -202,7 +234,7 @@ _UNPLANNED = object()
 
 
 def _decision(site: Site, candidate: Candidate | None, outcome: Outcome, rejected: Rejected | None,
-              repository: str | None = None, plan: Any = _UNPLANNED, measured: Measured | None = None) -> Decision:
+              repository: str | None = None, plan: Any = _UNPLANNED, verdict: Verdict | None = None) -> Decision:
     if plan is _UNPLANNED:
         plan = candidate.plan if candidate is not None else None
     if candidate is not None:
@@ -212,5 +244,5 @@ def _decision(site: Site, candidate: Candidate | None, outcome: Outcome, rejecte
     return build_decision(
         path=site.path, layer_name=site.layer_name, module_class=site.module_class, device=device, mode=mode,
         outcome=outcome, plan=plan, rejected=rejected, call_index=site.call_index, path_kind="compiled",
-        repository=repository, measured=measured,
+        repository=repository, verdict=verdict,
     )

@@ -10,11 +10,11 @@ from torch import fx
 
 from .. import dtensor
 from ..decisions import Rejected
-from .decide import Candidate, PassContext
+from .decide import Candidate
 from .sites import example_value
 
 
-def dtensor_inputs(candidate: Candidate, context: PassContext) -> Rejected | None:
+def dtensor_inputs(candidate: Candidate) -> Rejected | None:
     """The kernel can take the call's DTensor values (arguments, the module's own tensors) as placed."""
     binding = candidate.site.binding
     kernel = candidate.plan.kernel

@@ -33,18 +33,19 @@ cannot be traced, by one call of the kernel bound to the module).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import fx, nn
 
+from ..checks import SHARED_CHECKS, Check, CheckSettings, Verdict, ordered, run_checks
+from ..checks.verification import describe, fake_output
+from ..conditions import Condition
 from ..decisions import DISABLED, Decision, Outcome, Reason, Rejected, raise_unless_allowed
-from ..devices import Device
+from ..devices import Device, model_device
 from ..errors import KernelFxError
-from ..forwards import Condition
 from ..graph_records import GraphRecord, GraphSnapshot
-from ..kernelize import model_device
 from ..layers import layer_name_of
 from ..modes import Mode, check_kernelize_mode
 from ..planner import KernelPlan, Planner, build_decision, is_disabled
@@ -69,17 +70,26 @@ def symbolic_trace(model: nn.Module, concrete_args: dict[str, Any] | None = None
 
 
 def kernelize_graph(gm: fx.GraphModule, *, mode: Mode | None = None, device: str | torch.device | None = None,
-                    use_fallback: bool = True) -> fx.GraphModule:
+                    use_fallback: bool = True, example_inputs: Sequence[Any] | None = None,
+                    checks: Sequence[Check] = ()) -> fx.GraphModule:
     """Substitute, in place, the kernel of every extensible `call_module` node that has one.
 
     Decided once, like `kernelize(..., mode=...)`: `mode` defaults to TRAINING when `gm` is
     training, else INFERENCE. The record is `graph_report(gm)`.
+
+    Every node runs the checks every path runs (`kernel_fx.checks.SHARED_CHECKS`, plus `checks`)
+    on fake values: those of `example_inputs` propagated through the graph (the original modules
+    run on fakes once, here), or the nodes' own `meta["val"]` (graphs from make_fx or export).
+    A graph with neither has nothing to compare, and its kernels go in unchecked.
     """
     start = time.perf_counter()
     mode = check_kernelize_mode(mode if mode is not None else (Mode.TRAINING if gm.training else Mode.INFERENCE))
     target_device = Device.parse(device if device is not None else model_device(gm))
     planner = Planner(target_device, None)
     condition = Condition.static(mode)
+    pipeline = ordered((*SHARED_CHECKS, *checks))
+    if example_inputs is not None:
+        _propagate_fakes(gm, example_inputs)
     before = GraphSnapshot.of(gm, keep=True)
     decisions = []
     calls: dict[str, int] = {}
@@ -92,7 +102,7 @@ def kernelize_graph(gm: fx.GraphModule, *, mode: Mode | None = None, device: str
             continue
         index = calls.get(str(node.target), 0)
         calls[str(node.target)] = index + 1
-        decision = _substitute(gm, node, module, layer_name, planner, condition, target_device, index)
+        decision = _substitute(gm, node, module, layer_name, planner, condition, target_device, index, pipeline)
         if not use_fallback and decision.outcome is Outcome.ORIGINAL:
             raise_unless_allowed(decision.rejected, f"{node.target} (layer {layer_name!r}) in mode {mode!s}",
                                  "Pass use_fallback=True to keep the original forward.")
@@ -114,11 +124,12 @@ def graph_report(gm: fx.GraphModule) -> Report:
 
 
 def _substitute(gm: fx.GraphModule, node: fx.Node, module: nn.Module, layer_name: str, planner: Planner,
-                condition: Condition, device: Device, call_index: int) -> Decision:
-    def decision(outcome: Outcome, rejected: Rejected | None, plan: KernelPlan | None = None) -> Decision:
+                condition: Condition, device: Device, call_index: int, pipeline: Sequence[Check]) -> Decision:
+    def decision(outcome: Outcome, rejected: Rejected | None, plan: KernelPlan | None = None, verdict: Verdict | None = None) -> Decision:
         return build_decision(
             path=str(node.target), layer_name=layer_name, module_class=type(module).__name__, device=str(device),
             mode=str(condition.mode), outcome=outcome, plan=plan, rejected=rejected, call_index=call_index, path_kind="fx",
+            verdict=verdict,
         )
 
     if is_disabled():
@@ -126,6 +137,9 @@ def _substitute(gm: fx.GraphModule, node: fx.Node, module: nn.Module, layer_name
     plan = planner.plan(module, layer_name, condition)
     if plan.kernel is None:
         return decision(Outcome.ORIGINAL, plan.rejected, plan)
+    verdict = run_checks(pipeline, FxCall(node, module, layer_name, plan.kernel), "fx")
+    if verdict.rejected is not None:
+        return decision(Outcome.ORIGINAL, verdict.rejected, plan, verdict)
     traced = _traced(gm, node, module, plan.kernel.forward)
     if isinstance(traced, Exception):
         with gm.graph.inserting_before(node):
@@ -136,7 +150,56 @@ def _substitute(gm: fx.GraphModule, node: fx.Node, module: nn.Module, layer_name
         replacement, outcome, rejected = traced, Outcome.KERNEL, None
     node.replace_all_uses_with(replacement)
     gm.graph.erase_node(node)
-    return decision(outcome, rejected, plan)
+    return decision(outcome, rejected, plan, verdict)
+
+
+class FxCall:
+    """A `call_module` node as the checks see it (a `kernel_fx.checks.Subject` of the fx path): the
+    original's output is the node's fake value, the kernel's is its forward run on the fake values
+    of the node's arguments."""
+
+    path_kind = "fx"
+
+    def __init__(self, node: fx.Node, module: nn.Module, layer_name: str, kernel: type) -> None:
+        self.node, self.module, self.layer_name, self.kernel = node, module, layer_name, kernel
+        self.settings = CheckSettings(outputs=True, verify=None)
+        self.args = fx.node.map_aggregate(node.args, _fake_of)
+        self.kwargs = fx.node.map_aggregate(node.kwargs, _fake_of)
+        self.inputs = describe(tuple(self.args), dict(self.kwargs)) if self._known() else ""
+
+    def _known(self) -> bool:
+        return self.node.meta.get("val") is not None and _NO_FAKE not in fx.node.map_aggregate((self.args, self.kwargs), lambda v: v)
+
+    def expected(self) -> Any:
+        return self.node.meta.get("val") if self._known() else None
+
+    def actual(self) -> Any:
+        if not self._known():
+            return None
+        return fake_output(self.kernel.forward, self.module, tuple(self.args), dict(self.kwargs))
+
+    def measure(self) -> None:
+        return None  # fake values only: no numbers to compare
+
+
+_NO_FAKE = object()
+
+
+def _fake_of(value: Any) -> Any:
+    if isinstance(value, fx.Node):
+        found = value.meta.get("val")
+        return _NO_FAKE if found is None else found
+    return value
+
+
+def _propagate_fakes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    """Every node's fake value in `meta["val"]`, from fakes of `example_inputs` (nothing computed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fakes = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
 
 
 def _traced(gm: fx.GraphModule, node: fx.Node, module: nn.Module, forward: Callable[..., Any]) -> fx.Node | Exception:

@@ -18,12 +18,13 @@ from typing import Any
 from torch import fx
 
 from .. import markers
+from ..checks import Check, ordered
 from ..graph_records import GraphRecord, GraphSnapshot, SiteDiff, SubstitutionKind, op_lines
 from ..report import Report
 from .apply import apply
 from .autotune import MEMO_KEY as AUTOTUNE
 from .checks import DEFAULT_CHECKS
-from .decide import Check, Compiler, PassContext, SiteDecision, decide
+from .decide import Compiler, PassContext, SiteDecision, decide
 from .frame import FrameInfo, current_compile_id
 from .options import Options
 from .sites import Site, find_sites
@@ -77,9 +78,12 @@ def _bodies(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[tuple[fx.
 
 
 def run_pass(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options, *, frame: FrameInfo,
-             compile_fn: Compiler, inner: str, index: int, checks: Sequence[Check] = DEFAULT_CHECKS) -> GraphRecord:
-    """Find, decide, apply on `gm` (mutated in place); return what was done as a `GraphRecord`."""
+             compile_fn: Compiler, inner: str, index: int, checks: Sequence[Check] | None = None) -> GraphRecord:
+    """Find, decide, apply on `gm` (mutated in place); return what was done as a `GraphRecord`.
+    `checks` default to `DEFAULT_CHECKS` plus the options' own, in phase order."""
     start = time.perf_counter()
+    if checks is None:
+        checks = ordered((*DEFAULT_CHECKS, *options.checks))
     requires(gm)
     before = GraphSnapshot.of(gm, keep=True)
     decided, diffs, tuner = _one_graph(gm, example_inputs, options, frame, compile_fn, inner, checks)

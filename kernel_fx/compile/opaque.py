@@ -151,6 +151,32 @@ def effects_on_fakes(forward: Callable[..., Any], spec: CallSpec, examples: Sequ
     return Effects(written, state_written, _aliases(outputs, flat))
 
 
+def with_size_hints(examples: Sequence[Any]) -> list[Any] | None:
+    """Fake copies of `examples` in a fresh fake mode with every symbolic size and stride replaced
+    by its hint (the size of the example dynamo traced with); None when a size has no hint. A
+    kernel that cannot run on symbolic sizes (e.g. `expand` inside `addcmul`) usually runs on
+    these, and what it writes and aliases does not depend on the sizes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw
+
+    def concrete(value: Any) -> Any:
+        return int(guarding_hint_or_throw(value)) if isinstance(value, torch.SymInt) else value
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    out: list[Any] = []
+    try:
+        for e in examples:
+            if isinstance(e, torch.Tensor):
+                size, stride = [concrete(s) for s in e.shape], [concrete(s) for s in e.stride()]
+                with mode:
+                    out.append(torch.empty_strided(size, stride, dtype=e.dtype, device=e.device))
+            else:
+                out.append(concrete(e))
+    except Exception:  # noqa: BLE001 - an unbacked size has no hint
+        return None
+    return out
+
+
 def fake_outputs(original: Callable[..., Any], spec: CallSpec, inputs: Sequence[Any]) -> list[torch.Tensor]:
     """The op's output metadata: the original forward on fake values, state tensors made fake."""
     fake_mode = _fake_mode_of(inputs)

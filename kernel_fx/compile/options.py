@@ -5,7 +5,7 @@
 >>> Options().updated({"innr": "eager"})
 Traceback (most recent call last):
 ...
-kernel_fx.compile.options.BackendOptionError: Unknown hubkernels option 'innr'. Known options are: autotune, device, inner, mode, use_fallback, verify.
+kernel_fx.compile.options.BackendOptionError: Unknown hubkernels option 'innr'. Known options are: autotune, checks, device, inner, mode, use_fallback, verify.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..checks import ordered
+from ..checks.verification import Verify
 from ..devices import Device
 from ..errors import KernelFxError
 from ..modes import Mode, check_kernelize_mode
-from ..verification import Verify
 
-KNOWN_OPTIONS = ("autotune", "device", "inner", "mode", "use_fallback", "verify")
+KNOWN_OPTIONS = ("autotune", "checks", "device", "inner", "mode", "use_fallback", "verify")
 
 
 class BackendOptionError(KernelFxError, ValueError):
@@ -36,6 +37,7 @@ class Options:
     use_fallback: bool = True
     autotune: bool = False
     verify: Any = None  # True, a dict of tolerances or a kernel_fx.Verify; kept as a Verify or None
+    checks: tuple = ()  # kernel_fx.checks.Check objects added to the pass's own (and to trace-time choices)
 
     def __post_init__(self) -> None:
         if isinstance(self.inner, str):
@@ -50,6 +52,10 @@ class Options:
             raise BackendOptionError(f"hubkernels option use_fallback={self.use_fallback!r} must be True or False.")
         if not isinstance(self.autotune, bool):
             raise BackendOptionError(f"hubkernels option autotune={self.autotune!r} must be True or False.")
+        try:
+            object.__setattr__(self, "checks", ordered(self.checks))
+        except KernelFxError as exc:
+            raise BackendOptionError(f"hubkernels option checks: {exc}") from None
         try:
             object.__setattr__(self, "verify", Verify.of(self.verify, "hubkernels option verify"))
         except KernelFxError as exc:

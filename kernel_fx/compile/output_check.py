@@ -1,4 +1,4 @@
-"""The output check of the compiled pass: a kernel's outputs must be shaped like the original's.
+"""What the shared `wrong_output` check compares on the compiled pass: a kernel's outputs must be shaped like the original's.
 
 The pass has both at compile time: the original call's outputs carry dynamo's example values
 (fake tensors: shape, dtype, device), and the prepared substitution's traced kernel carries its
@@ -12,39 +12,40 @@ takes the original's), so `verify=True` is the check that runs it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import fx
 
-from ..decisions import Reason, Rejected
 from ..dtensor import is_dtensor
 from ..errors import KernelFxError
-from ..verification import output_problem
 from .prepare import Substitution
 from .sites import Site, example_value
 
-if TYPE_CHECKING:
-    from .decide import Candidate, PassContext
 
-
-def outputs_match(candidate: Candidate, context: PassContext) -> Rejected | None:
-    """The kernel's traced outputs have the original call's structure, shapes, dtypes and devices."""
+def expected_outputs(candidate: Any) -> tuple | None:  # candidate: a decide.Candidate
+    """The original call's outputs as dynamo traced them (example values), or None when one has none."""
     sub = candidate.substitution
-    assert isinstance(sub, Substitution)  # runs after the `prepares` check
+    if not isinstance(sub, Substitution):
+        return None
     expected = [example_value(o) if isinstance(o, fx.Node) else None for o in original_outputs(sub.site)]
-    if not expected or any(e is None for e in expected):
-        return None  # an output without an example value: nothing to compare with
+    return None if not expected or any(e is None for e in expected) else tuple(expected)
+
+
+def kernel_outputs(candidate: Any) -> tuple | KernelFxError | None:  # candidate: a decide.Candidate
+    """The traced kernel's outputs (fake values), a `KernelFxError` when they do not line up with the
+    original's structure, or None: not traceable (an opaque op), or DTensor inputs."""
+    sub = candidate.substitution
+    if not isinstance(sub, Substitution):
+        return None
     examples = [example_value(n) for n in sub.inputs]
     if any(is_dtensor(e) for e in examples):
         return None  # local-shard calls: the dtensor_inputs check's rules
-    traced = sub.traced if sub.traced is not None else context.trace_cache.trace(sub.forward, sub.spec, examples)
+    traced = sub.traced if sub.traced is not None else candidate.context.trace_cache.trace(sub.forward, sub.spec, examples)
     if isinstance(traced, KernelFxError):  # CallSpec.flatten: the kernel's output structure is not the original's
-        return Rejected(Reason.WRONG_OUTPUT, str(traced))
+        return traced
     if not isinstance(traced, fx.GraphModule):
         return None  # not traceable: it runs as an opaque op
-    actual = _traced_outputs(traced)
-    problem = output_problem(tuple(expected), tuple(actual))
-    return None if problem is None else Rejected(Reason.WRONG_OUTPUT, problem)
+    return tuple(_traced_outputs(traced))
 
 
 def original_outputs(site: Site) -> list[Any]:

@@ -121,11 +121,20 @@ def _opaque(site: Site, spec: CallSpec, substitution: Callable[..., Substitution
     except Exception as exc:  # noqa: BLE001 - any failure: the site keeps its original
         return Rejected(Reason.OPAQUE_NO_METADATA, f"{why.detail}, but the original forward did not run on fake tensors "
                         f"for the op's output metadata ({type(exc).__name__}: {first_line(exc)})")
-    effects = opaque.effects_on_fakes(sub.forward, spec, examples)
+    effects = _effects(sub.forward, spec, examples)
     outputs = [example_value(v) for v in _returned(site)]
     aliased = [(j, i) for j, out in enumerate(outputs) for i, e in enumerate(examples)
                if isinstance(out, torch.Tensor) and isinstance(e, torch.Tensor) and torch._C._is_alias_of(out, e)]
     if isinstance(effects, Exception):
+        # Checked on the first real call, which falls back to the original inside the op when the
+        # kernel writes what the op did not declare: only safe when the original writes nothing
+        # (else its writes are undeclared too: lost under functionalization, and a backward that
+        # re-runs it writes a leaf in place).
+        original = _effects(sub.original, spec, examples)
+        if isinstance(original, Exception) or original.written or original.state_written:
+            what = "could not be run on fake tensors" if isinstance(original, Exception) else "writes in place too"
+            return Rejected(Reason.OPAQUE_UNKNOWN_EFFECTS, f"{why.detail}, but what the kernel writes could not be found on fake "
+                            f"tensors ({type(effects).__name__}: {first_line(effects)}) and the original {what}")
         return _unless_written_later(site, inputs, aliased, replace(sub, effects_known=False))
     writes = [f"its input {inputs[i].name}" for i in sorted(effects.written)] + [f"self.{name}" for name in effects.state_written]
     if writes and site.needs_grad:
@@ -137,6 +146,19 @@ def _opaque(site: Site, spec: CallSpec, substitution: Callable[..., Substitution
             return Rejected(Reason.OPAQUE_ALIASING, f"{why.detail}, but the kernel writes {inputs[i].name}, which shares "
                             f"memory with its input {shared[0]}; an opaque op cannot declare that")
     return _unless_written_later(site, inputs, [*aliased, *effects.aliased], replace(sub, written=tuple(sorted(effects.written))))
+
+
+def _effects(forward: Callable[..., Any], spec: CallSpec, examples: list[Any]) -> opaque.Effects | Exception:
+    """What `forward` writes and aliases, found on fakes of the call's example values, or on fakes
+    with concrete sizes where symbolic ones fail (a write does not depend on the sizes)."""
+    effects = opaque.effects_on_fakes(forward, spec, examples)
+    if isinstance(effects, Exception):
+        concrete = opaque.with_size_hints(examples)
+        if concrete is not None:
+            retried = opaque.effects_on_fakes(forward, spec, concrete)
+            if not isinstance(retried, Exception):
+                return retried
+    return effects
 
 
 def _unless_written_later(site: Site, inputs: list[fx.Node], aliased: list[tuple[int, int]], sub: Substitution) -> Substitution | Rejected:

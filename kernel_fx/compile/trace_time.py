@@ -22,15 +22,17 @@ from typing import Any
 from torch import nn
 
 from .. import markers
+from ..checks.calls import OWNERS, CallChecks, Finding
+from ..conditions import Condition
 from ..decisions import DISABLED, Reason, Rejected
 from ..devices import Device
-from ..forwards import Condition
 from ..layers import module_classes
 from ..planner import KernelPlan, Planner, is_disabled
 from .options import KNOWN_OPTIONS, Options
 
 _ids = itertools.count(1)
 PLANS: dict[int, KernelPlan] = {}  # plan id (carried by the enter marker) -> what the choice was
+FINDINGS: dict[int, Finding] = {}  # plan id -> what the checks found on its call at trace time
 # One planner per traced frame and device (the mapping may change between compiles), kept on
 # dynamo's OutputGraph of the trace (unhashable, so not a dict key), so it lives as long as the trace.
 _PLANNERS_ATTR = "_kernel_fx_planners"
@@ -51,9 +53,28 @@ def choose(class_name: str, layer_name: str | None, device_type: str, needs_grad
         planner = _planner(device)
         plan = planner.plan_class(cls, layer_name, Condition(needs_grad, True, fixed=options.mode))
     PLANS[plan_id] = plan
-    if plan.kernel is not None:
+    if plan.kernel is not None and cls is not None:
         setattr(markers.TRACE_TIME_FORWARDS, f"plan_{plan_id}", plan.kernel.forward)
+        OWNERS[plan_id] = TraceTimeChecks(plan_id, plan, cls, options)
     return plan_id
+
+
+class TraceTimeChecks:
+    """What the checks of a call decided while dynamo traced need (see `call_checks.OWNERS`): the
+    kernel's and the original's forwards, the shared checks plus the backend's, and where the
+    verdict goes — a rejection replaces the plan, so the pass reports the original with the reason."""
+
+    def __init__(self, plan_id: int, plan: KernelPlan, cls: type[nn.Module], options: Options) -> None:
+        assert plan.kernel is not None  # only plans that run a kernel are checked
+        self.plan_id, self.plan = plan_id, plan
+        self.table = (plan.kernel.forward,)
+        self.original = cls.forward
+        self.checks = CallChecks(extra=options.checks)
+
+    def record(self, finding: Finding) -> None:
+        FINDINGS[self.plan_id] = finding
+        if finding.rejected is not None:
+            PLANS[self.plan_id] = KernelPlan(None, self.plan.repository, finding.rejected)
 
 
 def _planner(device: Device) -> Planner:

@@ -3,7 +3,7 @@
 For each distinct substituted call — same kernel, same original, same layout and the same input
 shapes, strides and dtypes — the kernel runs as the pass puts it in (its region with the kernel,
 `region.region_with_kernel`, run eagerly) on the real values the call reads, and the original
-forward runs on copies of them, in float64 where it can (see `kernel_fx.verification`). The
+forward runs on copies of them, in float64 where it can (see `kernel_fx.checks.verification`). The
 kernel stays when every output is within the tolerance of its dtype; otherwise the site keeps its
 original forward with `Reason.NUMERICALLY_DIFFERENT` and the figures. The measured error goes to
 the site's `Decision.measured`, shown in the report table.
@@ -21,39 +21,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import fx
 
-from ..decisions import Measured, Reason, Rejected
-from ..forwards import original_forward
-from ..verification import Verify, describe, measure, reference_output
+from ..checks.verification import Verify, describe, measure, reference_output
+from ..decisions import Measured
+from ..originals import original_forward
 from .prepare import Substitution, example_key, first_line, spec_key
 from .region import fresh_copy, isolated, region_inputs, region_with_kernel, rng_restored, run_graph
 from .sites import Site
-
-if TYPE_CHECKING:
-    from .decide import Candidate, PassContext
 
 logger = logging.getLogger(__name__)
 
 MEMO_KEY = "verify"
 
 
-def numerically_close(candidate: Candidate, context: PassContext) -> Rejected | None:
-    """With `verify=True`: the kernel's outputs on the real inputs are within tolerance of the original's."""
-    verify = context.options.verify
+def measure_candidate(candidate: Any) -> Measured | None:  # candidate: a decide.Candidate
+    """With verify on: the kernel's measured error on the real inputs (once per distinct call), or None."""
+    context, verify = candidate.context, candidate.context.options.verify
     if verify is None:
         return None
     verifier: Verifier = context.memo(MEMO_KEY, lambda: Verifier(context.gm, context.example_inputs, context.sites))
     sub = candidate.substitution
-    assert isinstance(sub, Substitution)  # runs after the `prepares` check
-    measured = verifier.check(sub, verify)
-    if measured is None:
-        return None
-    candidate.measured = measured
-    return None if measured.within else Rejected(Reason.NUMERICALLY_DIFFERENT, str(measured))
+    return verifier.check(sub, verify) if isinstance(sub, Substitution) else None
 
 
 class Verifier:

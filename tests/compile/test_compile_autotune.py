@@ -159,7 +159,7 @@ def test_graph_inputs_and_random_streams_are_left_alone(mapping):
 
 @pytest.mark.parametrize("options, message", [
     ({"autotune": "yes"}, r"hubkernels option autotune='yes' must be True or False\."),
-    ({"autotun": True}, r"Unknown hubkernels option 'autotun'\. Known options are: autotune, device, inner, mode, use_fallback, verify\."),
+    ({"autotun": True}, r"Unknown hubkernels option 'autotun'\. Known options are: autotune, checks, device, inner, mode, use_fallback, verify\."),
 ], ids=["value", "name"])
 def test_the_option_is_validated(options, message):
     with pytest.raises(BackendOptionError, match=message):

@@ -58,7 +58,7 @@ def test_public_names():
 
 def test_unknown_option_is_an_error_listing_the_known_ones():
     model = nn.Sequential(Scale())
-    with pytest.raises(Exception, match=r"Unknown hubkernels option 'innr'\. Known options are: autotune, device, inner, mode, use_fallback, verify\."):
+    with pytest.raises(Exception, match=r"Unknown hubkernels option 'innr'\. Known options are: autotune, checks, device, inner, mode, use_fallback, verify\."):
         torch.compile(model, backend="hubkernels", options={"innr": "eager"})(torch.ones(8))
 
 

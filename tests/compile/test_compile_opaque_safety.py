@@ -229,3 +229,50 @@ def test_finding4_kernel_reading_a_plain_tensor_attribute(can, inner, mapping):
         torch.testing.assert_close(torch.compile(model, backend=backend)(x), model(x), **TOL)
     decision, = backend.report.decisions
     assert decision.uses_kernel or decision.rejected is not None
+
+
+@kernel_fx.use_kernel_forward_from_hub("Tally")
+class Tally(nn.Module):
+    """Counts its calls in a buffer and reads the count back into its output (issue 19)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, 8))
+        self.register_buffer("count", torch.zeros(()))
+
+    def forward(self, x):
+        self.count.add_(1)
+        return self.count.expand_as(x) + x * self.weight
+
+
+# addcmul has no meta for an expand to symbolic sizes: the kernel cannot be traced, nor run on the
+# symbolic fakes, under dynamic shapes; its write to `count` must still be declared.
+TALLY = '''
+import torch
+from torch import nn
+
+class Tally(nn.Module):
+    can_torch_compile = True
+
+    def forward(self, x):
+        self.count.add_(1)
+        return torch.addcmul(self.count.expand_as(x), x, self.weight)
+'''
+
+
+@pytest.mark.parametrize("inner", ["eager", "aot_eager"])
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_a_buffer_written_and_read_back_counts_every_call(kernel_repo, inner, dynamic, training):
+    repo = kernel_fx.LocalLayerRepository(kernel_repo({"torch-cpu": {"layers.py": TALLY}}), layer_name="Tally")
+    eager, compiled = nn.Sequential(Tally()).train(training), nn.Sequential(Tally()).train(training)
+    with use_kernel_mapping({"Tally": {"cpu": repo}}):
+        run = torch.compile(compiled, backend=HubKernelsBackend(inner=inner), dynamic=dynamic or None)
+        for batch in (2, 4, 3):  # the second shape recompiles with symbolic sizes
+            x = torch.randn(batch, 8, requires_grad=training)
+            got, want = run(x), eager(x)
+            torch.testing.assert_close(got, want, **TOL)
+            if training:
+                got.sum().backward()  # never "a leaf Variable that requires grad is being used in an in-place operation"
+                want.sum().backward()
+    assert compiled[0].count.item() == eager[0].count.item() == 3

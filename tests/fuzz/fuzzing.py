@@ -3,7 +3,7 @@
 `make_case(seed)` draws a model: marked layers with one to three tensor inputs passed by position
 and keyword, defaults and non-tensor arguments, shared instances, a nested marked layer, layers
 held in containers, tuple and dict outputs, in-place ops, views written through, buffers a kernel
-writes, dtype changes and graph breaks; a kernel flavour per layer (traced, opaque, without
+writes (and buffers both write, read back into the output), dtype changes and graph breaks; a kernel flavour per layer (traced, opaque, without
 backward); inference or training; `dynamic=True` or not. `run_case(case, repos)` runs it eagerly,
 kernelized and compiled with `hubkernels`, and compares outputs, gradients and the kernels'
 step counters against eager. A wrong output is a failure; a site that keeps its original with a
@@ -118,6 +118,21 @@ class FzCounter(nn.Module):
         return torch.tanh(x) * self.weight
 
 
+@kernel_fx.use_kernel_forward_from_hub("FzTally")
+class FzTally(nn.Module):
+    """Counts its calls in a buffer and adds the count to its output: the original and the kernel
+    both write the buffer, and a lost or doubled write shows in the numbers (issue 19)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, WIDTH))
+        self.register_buffer("tally", torch.zeros(()))
+
+    def forward(self, x):
+        self.tally.add_(1)
+        return self.tally.expand_as(x) + x * self.weight
+
+
 @kernel_fx.use_kernel_forward_from_hub("FzOuter")
 class FzOuter(nn.Module):
     """A marked layer holding another."""
@@ -130,7 +145,7 @@ class FzOuter(nn.Module):
         return torch.tanh(self.inner(x)) + 1.0
 
 
-LAYERS = {cls.__name__: cls for cls in (FzScale, FzMix, FzAddNorm, FzGate, FzCast, FzHead, FzCounter, FzOuter)}
+LAYERS = {cls.__name__: cls for cls in (FzScale, FzMix, FzAddNorm, FzGate, FzCast, FzHead, FzCounter, FzOuter, FzTally)}
 
 # The kernels: the same numbers, computed another way (torch functions, other order).
 KERNEL_BODIES = {
@@ -158,11 +173,15 @@ KERNEL_BODIES = {
         self.ema.mul_(0.5).add_(x.detach().mean(0))
         return torch.mul(torch.tanh(x), self.weight)
     """,
+    "FzTally": """
+        self.tally.add_(1)
+        return torch.addcmul(self.tally.expand_as(x), x, self.weight)  # no meta for symbolic sizes: opaque under dynamic
+    """,
     "FzOuter": "return torch.add(torch.tanh(torch.mul(x, self.inner.weight * self.inner.factor) + self.inner.shift), 1.0)",
 }
 SIGNATURES = {
     "FzScale": "x", "FzMix": "x, y, alpha: float = 2.0, negate: bool = False", "FzAddNorm": "h, residual=None",
-    "FzGate": "x, y, z", "FzCast": "x", "FzHead": "x", "FzCounter": "x", "FzOuter": "x",
+    "FzGate": "x, y, z", "FzCast": "x", "FzHead": "x", "FzCounter": "x", "FzOuter": "x", "FzTally": "x",
 }
 
 
@@ -269,7 +288,7 @@ class FuzzModel(nn.Module):
             state.append(layer(x=ins[0]) if keyword else layer(ins[0]))
 
 
-ARITY = {"FzScale": 1, "FzMix": 2, "FzAddNorm": 2, "FzGate": 3, "FzCast": 1, "FzHead": 1, "FzCounter": 1, "FzOuter": 1}
+ARITY = {"FzScale": 1, "FzMix": 2, "FzAddNorm": 2, "FzGate": 3, "FzCast": 1, "FzHead": 1, "FzCounter": 1, "FzOuter": 1, "FzTally": 1}
 
 
 @dataclass
@@ -334,7 +353,7 @@ def make_case(seed: int, inductor: bool = False) -> Case:
     if not families:
         plan.append(("call", "l0", "FzScale", (0,), False, ()))
         families["l0"] = "FzScale"
-    flavours = {family: rng.choice(list(FLAVOURS)) for family in set(families.values())}
+    flavours = {family: rng.choice(list(FLAVOURS)) for family in sorted(set(families.values()))}  # sorted: not by hash seed
     inners = ("inductor",) if inductor else tuple(rng.sample(["eager", "aot_eager"], rng.randint(1, 2)))
     return Case(seed, tuple(plan), families, flavours, rng.choice(["attrs", "list", "dict"]), rng.choice(["tensor", "tuple", "dict"]),
                 training=rng.random() < 0.5, dynamic=rng.random() < 0.3, inners=inners, batch=rng.randint(2, 5))
@@ -350,6 +369,7 @@ class Result:
     substituted: Counter = field(default_factory=Counter)  # outcome -> sites
     skipped: Counter = field(default_factory=Counter)  # reason -> sites
     wrong: list[str] = field(default_factory=list)  # wrong outputs, gradients or counters
+    upstream: list[str] = field(default_factory=list)  # wrong the same way with the inner backend alone (no kernel_fx)
     crashed: list[str] = field(default_factory=list)
 
     @property
@@ -404,14 +424,15 @@ def run_case(case: Case, repos: dict[tuple[str, str], Any]) -> Result:
     """Eager, kernelized and compiled runs of `case`, compared with eager."""
     result = Result(case.seed)
     mapping = {family: {"cpu": repos[family, flavour]} for family, flavour in case.flavours.items()}
-    reference = case.model().train(case.training)
+    pristine = case.model().train(case.training)
+    reference = copy.deepcopy(pristine)  # every run starts from the same buffers (FzTally counts calls)
     batches = [case.batch, case.batch + 2] if case.dynamic else [case.batch]
     want = [_step(reference, _inputs(case, b), case.training) for b in batches]
     with use_kernel_mapping(mapping):
         counted: dict[str, int] = {}
         runs: list[tuple[str, Any]] = [("kernelize", None), *((inner, inner) for inner in case.inners)]
         for label, inner in runs:
-            model = copy.deepcopy(reference)
+            model = copy.deepcopy(pristine)
             try:
                 if inner is None:
                     run = kernel_fx.kernelize(model, device="cpu")
@@ -420,8 +441,14 @@ def run_case(case: Case, repos: dict[tuple[str, str], Any]) -> Result:
                     torch._dynamo.reset()
                     backend = HubKernelsBackend(inner=inner)
                     run = torch.compile(model, backend=backend, dynamic=case.dynamic or None)
+                found = Result(case.seed)
                 for b, expected in zip(batches, want):
-                    _compare(f"{label} batch {b}", expected, _step(run, _inputs(case, b), case.training), result)
+                    _compare(f"{label} batch {b}", expected, _step(run, _inputs(case, b), case.training), found)
+                if found.wrong and inner is not None:
+                    upstream = set(plain_wrong(case, pristine, inner, batches, want))
+                    result.upstream += [w for w in found.wrong if w in upstream]
+                    found.wrong = [w for w in found.wrong if w not in upstream]
+                result.wrong += found.wrong
                 if backend is None:
                     counted = _counters(model)
                 else:
@@ -432,6 +459,22 @@ def run_case(case: Case, repos: dict[tuple[str, str], Any]) -> Result:
                 result.crashed.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}\n"
                                       + "".join(traceback.format_exception(exc)[-6:]))
     return result
+
+
+def plain_wrong(case: Case, pristine: nn.Module, inner: str, batches: list[int], want: list[dict[str, Any]]) -> list[str]:
+    """The comparisons that fail with torch.compile(backend=inner) alone — no kernel_fx backend, no
+    kernels: a wrong value there is torch's (e.g. aot_eager's gradients with a buffer written and
+    read back through a view), reported apart from kernel_fx's own."""
+    torch._dynamo.reset()
+    model = copy.deepcopy(pristine)
+    run = torch.compile(model, backend=inner, dynamic=case.dynamic or None)
+    found = Result(case.seed)
+    try:
+        for b, expected in zip(batches, want):
+            _compare(f"{inner} batch {b}", expected, _step(run, _inputs(case, b), case.training), found)
+    except Exception:  # noqa: BLE001 - the plain run crashing says nothing about kernel_fx's values
+        return []
+    return found.wrong
 
 
 def _count(backend: HubKernelsBackend, result: Result) -> None:

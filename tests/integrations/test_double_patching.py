@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import kernel_fx
-from kernel_fx.forwards import installed_forward
 from kernel_fx.integrations import transformers_mapping
 from kernel_fx.kernels import bundled_repo_path
+from kernel_fx.originals import installed_forward
 
 kernels = pytest.importorskip("kernels")
 transformers = pytest.importorskip("transformers")

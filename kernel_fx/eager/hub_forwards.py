@@ -23,23 +23,25 @@ logger = logging.getLogger(__name__)
 HUB_REPO_ATTR = "_kernel_repo"  # where `kernels` records the repository of a forward it installed
 
 
-def hub_kernelized(model: nn.Module) -> list[tuple[str, str]]:
-    """(path, repository) of every module whose forward the `kernels` package installed."""
+def hub_kernelized(model: nn.Module, named: list[tuple[str, nn.Module]] | None = None) -> list[tuple[str, str]]:
+    """(path, repository) of every module whose forward the `kernels` package installed
+    (`named`: `model.named_modules()` already listed)."""
     found = []
-    for path, module in model.named_modules():
+    for path, module in named if named is not None else model.named_modules():
         repo = vars(module).get(HUB_REPO_ATTR)
         if repo is not None and isinstance(vars(module).get("forward"), MethodType):
             found.append((path or "<root>", _describe(repo)))
     return found
 
 
-def release_hub_forwards(model: nn.Module) -> list[str]:
+def release_hub_forwards(model: nn.Module, named: list[tuple[str, nn.Module]] | None = None) -> list[str]:
     """Give back every forward `kernels` installed on `model` and stop transformers from installing
     them again on `train()`/`eval()`; return one line per module given back, for the report."""
-    found = hub_kernelized(model)
+    named = named if named is not None else list(model.named_modules())
+    found = hub_kernelized(model, named)
     if getattr(model, "use_kernels", False) and callable(getattr(model, "reset_kernels", None)):
         model.reset_kernels()  # transformers: original forwards back, use_kernels off
-    for module in model.modules():
+    for _path, module in named:
         if vars(module).get(HUB_REPO_ATTR) is not None and isinstance(vars(module).get("forward"), MethodType):
             del vars(module)["forward"]
             del vars(module)[HUB_REPO_ATTR]

@@ -15,25 +15,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import gc
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Outcome, Reason, Rejected, kernels_phrase, raise_unless_allowed
-from .devices import Device, device_index
-from .dtensor import fallbacks as dtensor_fallbacks
-from .errors import ArgumentTypeError, KernelFxError, MappingError
-from .forwards import CONDITIONS, CallChecks, Condition, Finding, installed_forward, make_forward
-from .hub_forwards import release_hub_forwards
-from .layers import extensible_modules, hub_function_hosts, layer_name_of, mark_hub_classes
-from .modes import Mode, check_kernelize_mode
-from .planner import KernelPlan, Planner, SitePlan, repository_label
-from .report import Report
-from .switches import disabled_by
-from .verification import Verify
+from ..checks import Check, ordered
+from ..checks.calls import CallChecks, Finding
+from ..checks.verification import Verify
+from ..conditions import CONDITIONS, Condition
+from ..decisions import DISABLED, FILTERED, Decision, KernelizeFallback, Outcome, Reason, Rejected, kernels_phrase, raise_unless_allowed
+from ..devices import Device, device_index, model_device
+from ..dtensor import fallbacks as dtensor_fallbacks
+from ..errors import ArgumentTypeError, KernelFxError, MappingError
+from ..layers import HUB_FUNCS_ATTR, LAYER_NAME_ATTR, extensible_modules, hub_function_hosts, mark_hub_classes
+from ..modes import Mode, check_kernelize_mode
+from ..originals import INSTALLED_ATTR, installed_forward
+from ..planner import KernelPlan, Planner, SitePlan, repository_label
+from ..report import Report
+from ..switches import disabled_by
+from .forwards import ForwardPlan, make_forward, plan_forward
+from .hub_forwards import HUB_REPO_ATTR, release_hub_forwards
 
 SITES_ATTR = "_kernel_fx_sites"
 NOTES_ATTR = "_kernel_fx_notes"
@@ -49,6 +55,8 @@ def kernelize(
     use_fallback: bool | KernelizeFallback = True,
     filter_fn: FilterFn | None = None,
     verify: bool | Verify | Mapping[Any, Any] = False,
+    check_outputs: bool = False,
+    checks: Sequence[Check] = (),
 ) -> nn.Module:
     """Replace, in place, the forward of every extensible module that has a kernel; return `model`.
 
@@ -64,14 +72,20 @@ def kernelize(
     `kernel_condition` and `filter_fn` skip sites; `KERNEL_FX_DISABLE` or `DISABLE_KERNEL_MAPPING`
     restores every original forward.
 
-    The first call of each input signature through a kernel checks its output's structure,
-    shapes, dtypes and devices against the original's (run on fake tensors: no compute); a kernel
-    that fails keeps the original for such calls, with a warning and reason "wrong output" in the
-    report. `verify=True` (or a dict of tolerances `{torch.bfloat16: (rtol, atol)}`, or a
-    `kernel_fx.Verify`) also runs the original, on copies of those inputs and in float64 where it
-    can, and keeps the kernel only within the tolerance (reason "numerically different"
-    otherwise); the measured error is in the report. Its cost: one extra run of the original
-    (in float64) per site and input signature, on the first such call only.
+    By default a call a kernel serves never runs the original's Python, as in the `kernels`
+    package; when the model is then compiled (any backend), each trace compares the kernel's
+    outputs with the original's on fake values and keeps the original where they differ.
+    `check_outputs=True` checks eager calls too: the first call of each input signature through
+    a kernel compares its output's structure, shapes, dtypes and devices with the original's (run
+    on fake tensors: no compute, but the original's Python runs); a kernel that fails keeps the
+    original for such calls, with a warning and reason "wrong output" in the report.
+    `verify=True` (or a dict of tolerances `{torch.bfloat16: (rtol, atol)}`, or a
+    `kernel_fx.Verify`) implies it and also runs the original, on copies of those inputs and in
+    float64 where it can, and keeps the kernel only within the tolerance (reason "numerically
+    different" otherwise); the measured error is in the report. Its cost: one extra run of the
+    original (in float64) per site and input signature, on the first such call only.
+    `checks=[...]` adds `kernel_fx.checks.Check`s, run on those first calls and while tracing,
+    in their phases, after the shared ones; their results are in the report by check name.
 
     >>> import torch
     >>> from kernel_fx.kernels import bundled_repo_path
@@ -89,7 +103,9 @@ def kernelize(
     """
     _check_arguments(model, needs_torch_compile, filter_fn)
     allowed = _allowed_fallbacks(use_fallback)
-    checks = CallChecks(Verify.of(verify), allowed)
+    if not isinstance(check_outputs, bool):
+        raise ArgumentTypeError(f"kernelize(check_outputs={check_outputs!r}) must be True or False.")
+    call_checks = _interned(CallChecks(Verify.of(verify), allowed, check_outputs, ordered(checks)))
     if mode is not None:
         check_kernelize_mode(mode)
         if needs_torch_compile:
@@ -101,13 +117,45 @@ def kernelize(
                       compile_only=mode is None and needs_torch_compile)
     disabled = disabled_by()
     mark_hub_classes()  # so a later torch.compile(backend="hubkernels") binds their calls exactly
-    released = release_hub_forwards(model)  # never stack on forwards the `kernels` package installed
-    hosts = hub_function_hosts(model)
+    with _gc_paused():  # thousands of forwards: no collection of the whole heap every few hundred
+        marked, touched = _walk(model)  # one walk serves every question below
+        released = release_hub_forwards(model, touched)  # never stack on forwards the `kernels` package installed
+        hosts = hub_function_hosts(model, touched)
+        plans = _plan_sites(_sites_in(model, marked, touched), planner, disabled, filter_fn, allowed, target, mode, needs_torch_compile)
+        forwards: dict[int, ForwardPlan] = {}
+        backend = planner.backend
+        sites = []
+        for path, module, site in plans:
+            previous = vars(module).get("forward")
+            if (site.runs_kernel and previous is not None and getattr(previous, INSTALLED_ATTR, False)
+                    and previous.checks is call_checks and previous.backend == backend
+                    and previous.table == _forward_plan(site, forwards).table):
+                sites.append((path, site.decisions))  # a repeated kernelize: the same forward is already there
+            else:
+                sites.append(_install(path, module, site, backend, hosts.get(id(module)) if hosts else None, call_checks, forwards))
+    setattr(model, SITES_ATTR, sites)
+    setattr(model, NOTES_ATTR, released)
+    return model
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _plan_sites(sites: list[tuple[str, nn.Module]], planner: Planner, disabled: str | None, filter_fn: FilterFn | None,
+                allowed: KernelizeFallback | None, target: Device, mode: Mode | None,
+                needs_torch_compile: bool) -> list[tuple[str, nn.Module, SitePlan]]:
     plans = []
     always_kernel: dict[str, str] = {}  # sites whose kernel runs whatever the call: path -> layer name
-    for path, module in extensible_modules(model):
-        layer_name = layer_name_of(module)
-        assert layer_name is not None  # extensible_modules yields marked modules only
+    for path, module in sites:
+        layer_name = module.kernel_layer_name  # a str: _sites_in yields marked modules only
         if disabled:
             site = planner.skipped(module, layer_name, Rejected(DISABLED.reason, f"{disabled} is set"))
         elif filter_fn is not None and not filter_fn(module, path):
@@ -118,10 +166,50 @@ def kernelize(
         if allowed is not None:
             _raise_on_fallback(path, layer_name, target, mode, site.plans, needs_torch_compile, allowed)
         plans.append((path, module, site))
-    sites = [_install(path, module, site, planner.backend, hosts.get(id(module)), checks) for path, module, site in plans]
-    setattr(model, SITES_ATTR, sites)
-    setattr(model, NOTES_ATTR, released)
-    return model
+    return plans
+
+
+_CHECKS: dict[CallChecks, CallChecks] = {}
+
+
+def _interned(checks: CallChecks) -> CallChecks:
+    """One object per distinct setting: a repeated kernelize finds its forwards by identity."""
+    return _CHECKS.setdefault(checks, checks)
+
+
+def _walk(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+    """The marked modules of `model` and those the `kernels` package touched (a forward it
+    installed, function modules it keeps), as (path, module), in `named_modules()` order and
+    with its de-duplication, in one walk."""
+    marked, touched = [], []
+    seen: set[nn.Module] = set()  # by identity: nn.Module hashes by id
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        path, module = pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        own = module.__dict__
+        if type(getattr(module, LAYER_NAME_ATTR, None)) is str:
+            marked.append((path, module))
+        if HUB_REPO_ATTR in own or HUB_FUNCS_ATTR in own:
+            touched.append((path, module))
+        children = own["_modules"]
+        if children:
+            prefix = path + "." if path else ""
+            for name, child in reversed(children.items()):
+                if child is not None:
+                    push((prefix + name, child))
+    return marked, touched
+
+
+def _sites_in(model: nn.Module, marked: list[tuple[str, nn.Module]], touched: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """The sites: the marked modules, and where `kernels` keeps per-instance function modules
+    (which `named_modules()` does not list) every site in walk order (a second walk, then)."""
+    if any(HUB_FUNCS_ATTR in vars(m) for _p, m in touched):
+        return list(extensible_modules(model))
+    return marked
 
 
 def unkernelize(model: nn.Module) -> nn.Module:
@@ -161,9 +249,10 @@ def with_findings(decisions: tuple[Decision, ...], findings: list[Finding]) -> l
     kernels = [d for d in decisions if d.outcome is not Outcome.ORIGINAL]
     result = []
     for d in decisions:
-        mine = [f for f in findings if d in kernels and (len(kernels) == 1 or _covers(d, f.condition))]
+        mine = [f for f in findings if d in kernels and (len(kernels) == 1 or _covers(d, Condition(f.grad, f.compiling)))]
         result += [d] if not mine else [
-            replace(d, outcome=Outcome.ORIGINAL if f.rejected else d.outcome, rejected=f.rejected, measured=f.measured)
+            replace(d, outcome=Outcome.ORIGINAL if f.rejected else d.outcome, rejected=f.rejected, measured=f.measured,
+                    figures=f.figures)
             for f in mine
         ]
     return result
@@ -178,13 +267,28 @@ def _enclosed(planner: Planner, module: nn.Module, layer_name: str, site: SitePl
     """A site inside one whose kernel always runs: the enclosing kernel replaces the whole call, so
     this site's own kernel is not installed (the compiled pass reports it the same way). A site
     that would keep its original anyway keeps its own reason."""
-    outer = next((p for p in always_kernel if path.startswith(p + ".") or (not p and path)), None)
-    if outer is not None and site.forward is not None:
+    if "." not in path and "" not in always_kernel:  # a child of the root: nothing encloses it
+        if site.always_kernel and path:
+            always_kernel[path] = layer_name
+        return site
+    outer = _enclosing(path, always_kernel)
+    if outer is not None and site.runs_kernel:
         detail = f"inside {outer or '<root>'} ({always_kernel[outer]}), which runs a kernel"
         return planner.skipped(module, layer_name, Rejected(Reason.ENCLOSED, detail))
-    if outer is None and all(plan.kernel is not None for plan in site.plans.values()):
+    if outer is None and site.always_kernel:
         always_kernel[path] = layer_name
     return site
+
+
+def _enclosing(path: str, always_kernel: dict[str, str]) -> str | None:
+    """The outermost path of `always_kernel` that encloses `path`: its ancestors looked up one by
+    one (the root "" first), so kernelize stays linear in the number of sites."""
+    if not path:
+        return None
+    if "" in always_kernel:
+        return ""
+    parts = path.split(".")
+    return next((p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if p in always_kernel), None)
 
 
 def _check_arguments(model: object, needs_torch_compile: object, filter_fn: object) -> None:
@@ -236,39 +340,25 @@ def _raise_on_fallback(path: str, layer_name: str, device: Device, mode: Mode | 
 # -- installing -------------------------------------------------------------------------------
 
 
+def _forward_plan(site: SitePlan, forwards: dict[int, ForwardPlan]) -> ForwardPlan:
+    """One ForwardPlan per SitePlan: sites planned alike share their table."""
+    plan = forwards.get(id(site))
+    if plan is None:
+        plan = forwards[id(site)] = plan_forward(site.original, {c: (p.kernel, p.repository) for c, p in site.plans.items()})
+    return plan
+
+
 def _install(path: str, module: nn.Module, site: SitePlan, backend: str, host: nn.Module | None,
-             checks: CallChecks) -> tuple[str, tuple[Decision, ...]]:
-    previous = installed_forward(module)
-    if previous is not None:
-        if (site.forward is not None and previous.table == site.forward.table and previous.backend == backend
-                and previous.checks == checks):
+             checks: CallChecks, forwards: dict[int, ForwardPlan]) -> tuple[str, tuple[Decision, ...]]:
+    plan = _forward_plan(site, forwards) if site.runs_kernel else None
+    previous = vars(module).get("forward")
+    if previous is not None and getattr(previous, INSTALLED_ATTR, False):
+        if (plan is not None and previous.table == plan.table and previous.backend == backend
+                and (previous.checks is checks or previous.checks == checks)):
             return path, site.decisions  # a repeated kernelize: the same forward is already there
         previous.uninstall()  # kernelize is idempotent: always start from the original forward
-    if site.forward is not None:
-        forward = make_forward(module, site.forward, backend, checks)
+    if plan is not None:
+        forward = make_forward(module, plan, backend, checks)
         forward.owner = host if host is not None else module
         forward.install()
     return path, site.decisions
-
-
-# -- the device -------------------------------------------------------------------------------
-
-
-def _first_tensor(model: nn.Module) -> torch.Tensor | None:
-    for module in model.modules():  # one walk, stopping at the first module holding a tensor
-        for tensor in (*module._parameters.values(), *module._buffers.values()):
-            if tensor is not None:
-                return tensor
-    return None
-
-
-def model_device(model: nn.Module) -> torch.device | str:
-    tensor = _first_tensor(model)
-    if tensor is None:
-        raise MappingError(
-            f"kernelize cannot infer the device of {type(model).__name__}: it has no parameters or buffers; "
-            "pass device='cpu', 'cuda:0' or a torch.device."
-        )
-    if tensor.device.type == "cuda" and getattr(torch.version, "hip", None):
-        return f"rocm:{tensor.device.index}"
-    return tensor.device

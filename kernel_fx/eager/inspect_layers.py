@@ -19,8 +19,9 @@ from typing import Any
 
 from torch import nn
 
-from .forwards import KernelForward, installed_forward
-from .layers import HUB_FUNCS_ATTR, FunctionLayer
+from ..layers import HUB_FUNCS_ATTR, FunctionLayer
+from ..originals import installed_forward
+from .forwards import KernelForward
 
 
 @dataclass(frozen=True)

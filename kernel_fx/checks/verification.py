@@ -3,7 +3,7 @@
 numbers, against the original run in float64 where it can be).
 
 Both paths use these: eager `kernelize` on the first call of each input signature (see
-`forwards.py`), the compiled pass per distinct call (`compile/output_check.py`,
+`checks/calls.py`), the compiled pass per distinct call (`compile/output_check.py`,
 `compile/verify.py`).
 
 >>> import torch
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .decisions import Measured
-from .errors import MappingError
+from ..decisions import Measured
+from ..errors import MappingError
 
 
 class Tolerance(NamedTuple):
@@ -223,6 +223,28 @@ def expected_output(original: Callable[..., Any], module: nn.Module, args: tuple
         return _run_on_copies(original, module, args, kwargs, lambda t: t.clone())
     except Exception:  # noqa: BLE001 - the original itself fails: nothing to check against
         return None
+
+
+def fake_output(fn: Callable[..., Any], module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """What `fn(module, *args, **kwargs)` returns, computed in the fake mode of `args` (fake values
+    while dynamo traces) on fake copies of the arguments and of the module's tensors: nothing is
+    computed or written. None when the arguments hold no fake tensor."""
+    from torch._guards import detect_fake_mode
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    fake_mode = detect_fake_mode([t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, FakeTensor)])
+    if fake_mode is None:
+        return None
+    tensors = {f"module.{n}": fake_mode.from_tensor(t.detach()) for n, t in
+               [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]}
+    allowed = fake_mode.allow_non_fake_inputs
+    fake_mode.allow_non_fake_inputs = True  # real tensors in copied objects (a KV cache) read as constants
+    try:
+        with fake_mode, _reference(), torch.no_grad():
+            args, kwargs = pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, (args, kwargs))
+            return torch.func.functional_call(_Call(module, fn), tensors, args, kwargs, tie_weights=False, strict=False)
+    finally:
+        fake_mode.allow_non_fake_inputs = allowed
 
 
 def reference_output(original: Callable[..., Any], module: nn.Module, args: tuple, kwargs: dict,

@@ -8,14 +8,14 @@ instance `__dict__`, so the class and every other instance stay untouched, and i
 `copy.deepcopy` and pickling (kernels are reloaded from their repositories, loudly falling back
 to the original forward when they cannot be).
 
-The first call of each input signature (shapes, dtypes, devices, plain values) through a kernel is
-checked (`CallChecks`): the kernel's output must have the original's structure, shapes, dtypes
-and devices (found by running the original on fake tensors: no compute), and with
-`kernelize(..., verify=True)` its numbers must match the original's, run on copies of the inputs
-in float64 where it can be, within the tolerance (see `kernel_fx.verification`). A kernel that
-fails keeps the original for that signature, with a warning and a `Finding` the report shows (or
-`KernelizeError` under `use_fallback=False`). Later calls of a checked signature cost one
-signature look-up; verify's extra cost is one run of the original per signature and site.
+Checks (`kernel_fx.call_checks`): while dynamo traces a call, the kernel's outputs are compared
+with the original's on fake values, once per trace, and the traced code takes the original when
+they differ (any backend). Eager calls run the kernel with no per-call work, and never the
+original's Python, unless kernelize was given `check_outputs=True`, `verify=True` or `checks=[...]`:
+then the first call of each input signature (shapes, dtypes, devices, plain values) runs the
+pipeline, and a kernel that fails keeps the original for that signature, with a warning and a
+`Finding` the report shows (or `KernelizeError` under `use_fallback=False`). Later calls of a
+checked signature cost one signature look-up.
 """
 
 from __future__ import annotations
@@ -28,65 +28,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from .decisions import KernelizeFallback, Measured, Reason, Rejected, raise_unless_allowed
-from .dtensor import guard
-from .errors import KernelFallbackWarning
-from .modes import Mode
-from .verification import Verify, call_signature, describe, expected_output, in_reference_run, measure, output_problem, reference_output
-
-ForwardFn = Callable[..., Any]  # called as fn(module, *args, **kwargs)
+from ..checks.calls import CallChecks, Finding, check_eager_call, check_while_tracing
+from ..checks.verification import call_signature, describe, in_reference_run
+from ..decisions import raise_unless_allowed
+from ..dtensor import guard
+from ..errors import KernelFallbackWarning
+from ..layers import MARKED_ATTR
+from ..originals import ForwardFn, as_method, previous_forward
 
 # Bound once: these run on every call of an installed forward (dynamo knows them by identity).
 _grad_enabled = torch.is_grad_enabled
-_is_compiling = torch.compiler.is_compiling
 
 
-@dataclass(frozen=True)
-class Condition:
-    """A situation a site can be called in; `fixed` is set when kernelize was given a mode."""
-
-    grad: bool
-    compiling: bool
-    fixed: Mode | None = None
-
-    @property
-    def mode(self) -> Mode:
-        if self.fixed is not None:
-            return self.fixed
-        base = Mode.TRAINING if self.grad else Mode.INFERENCE
-        return base | Mode.TORCH_COMPILE if self.compiling else base
-
-    @property
-    def index(self) -> int:
-        return int(self.grad) + 2 * int(self.compiling)
-
-    @classmethod
-    def static(cls, mode: Mode) -> Condition:
-        return cls(Mode.TRAINING in mode, Mode.TORCH_COMPILE in mode, fixed=mode)
+def _is_compiling() -> bool:
+    """`torch.compiler.is_compiling()` for half its cost: dynamo evaluates this at trace time as a
+    constant (`assume_constant_result`), True there; eagerly it reads the flag torch sets while it
+    compiles or exports (no `torch.jit.is_scripting()` call: installed forwards are never scripted)."""
+    return torch.compiler._is_compiling_flag
 
 
-CONDITIONS = tuple(Condition(grad, compiling) for compiling in (False, True) for grad in (False, True))
-
-
-def installed_forward(module: nn.Module) -> KernelForward | None:
-    forward = vars(module).get("forward")
-    return forward if isinstance(forward, KernelForward) else None
-
-
-def _previous_forward(module: nn.Module) -> Any:
-    installed = installed_forward(module)
-    return installed.previous if installed is not None else vars(module).get("forward")
-
-
-def original_forward(module: nn.Module) -> ForwardFn:
-    """The forward kernelize replaces, as fn(module, *args): the class's, or an instance's own."""
-    return _as_method(_previous_forward(module), module)
-
-
-def _as_method(previous: Any, module: nn.Module) -> ForwardFn:
-    if previous is None:
-        return type(module).forward
-    return lambda _module, *args, **kwargs: previous(*args, **kwargs)
+_is_compiling._dynamo_marked_constant = True  # type: ignore[attr-defined]  # = torch._dynamo.assume_constant_result
+# A DTensor lives on a device mesh, which needs a process group: while none is initialized no
+# argument or parameter can be one, and the kernel runs with no DTensor look-up (one attribute read).
+_WORLD = torch.distributed.distributed_c10d._world if torch.distributed.is_available() else None
 
 
 @dataclass(frozen=True)
@@ -110,34 +74,9 @@ def plan_forward(original: ForwardFn, by_condition: dict) -> ForwardPlan:
     return ForwardPlan(_forward_class(table), table, repos)
 
 
-@dataclass(frozen=True)
-class CallChecks:
-    """What an installed forward checks on the first call of each input signature: always the
-    output's structure, shapes, dtypes and devices; with `verify` its numbers too. `allowed` is
-    kernelize's `use_fallback` as fallbacks allowed (None: all; else a failed check raises)."""
-
-    verify: Verify | None = None
-    allowed: KernelizeFallback | None = None
-
-
-@dataclass(frozen=True)
-class Finding:
-    """What the check of one input signature found at a site: `rejected` when the kernel was set
-    aside for such calls, `measured` with verify=True. `index` is the condition's table index."""
-
-    index: int
-    inputs: str
-    rejected: Rejected | None
-    measured: Measured | None = None
-
-    @property
-    def condition(self) -> Condition:
-        return Condition(bool(self.index % 2), self.index >= 2)
-
-
 def make_forward(module: nn.Module, plan: ForwardPlan, backend: str, checks: CallChecks | None = None) -> KernelForward:
     """The forward to install on `module` (whose own previous forward, if any, the plan wraps)."""
-    return plan.cls(module, plan.table, plan.repos, backend, _previous_forward(module), checks or CallChecks())
+    return plan.cls(module, plan.table, plan.repos, backend, previous_forward(module), checks or CallChecks())
 
 
 def _forward_class(table: tuple) -> type[KernelForward]:
@@ -153,6 +92,8 @@ def _forward_class(table: tuple) -> type[KernelForward]:
 class KernelForward:
     """Base of the installed forwards; subclasses differ only in how much they check per call."""
 
+    kernel_fx_installed = True  # how every path recognizes an installed forward (see `originals`)
+
     def __init__(self, module: nn.Module, table: tuple, repos: tuple, backend: str, previous: Any,
                  checks: CallChecks | None = None) -> None:
         self.module = module
@@ -161,7 +102,12 @@ class KernelForward:
         self.backend = backend
         self.previous = previous
         self.checks = checks or CallChecks()
-        self.original = _as_method(previous, module)
+        self.original = as_method(previous, module)
+        self.checked = self.checks.on_eager_calls  # else eager calls run the kernel with no per-call work
+        # Per table entry, the kernel class an unchecked eager call may run directly (no DTensor
+        # guard while no process group exists), else None: the entry goes through `run`.
+        self.fast = tuple(_Runs(_unmarked(fn)) if repo is None else None if self.checked else getattr(fn, "kernel_class", None)
+                          for fn, repo in zip(table, repos))
         self.findings: list[Finding] = []
         self._verdicts: dict[tuple, bool] = {}  # (table index, call signature) -> the kernel passed its checks
         self.fn = table[0]
@@ -169,17 +115,32 @@ class KernelForward:
         # modules, which `model.eval()` never reaches) the host module's
         self.owner = module
 
-        def as_function(_caller: Any, *args: Any, **kwargs: Any) -> Any:
-            return self(*args, **kwargs)
+    @property
+    def __func__(self) -> Callable[..., Any]:
+        """`kernels`' function modules route calls through `module.forward.__func__(caller, ...)`,
+        where the caller is the shared global function module: run this instance's choice. (A
+        property, not a closure kept on the instance: no reference cycle per installed forward.)"""
+        return self._as_function
 
-        # `kernels`' function modules route calls through `module.forward.__func__(caller, ...)`,
-        # where the caller is the shared global function module: run this instance's choice.
-        self.__func__ = as_function
+    def _as_function(self, _caller: Any, *args: Any, **kwargs: Any) -> Any:
+        return self(*args, **kwargs)
 
-    def run(self, index: int, args: tuple, kwargs: dict) -> Any:
-        """Run the forward of condition `index`; a kernel's first call per input signature is checked."""
+    def record(self, finding: Finding) -> None:
+        """Keep what the checks of one call found (the report reads `findings`)."""
+        self.findings.append(finding)
+
+    def run(self, index: int, args: tuple, kwargs: dict, compiling: bool) -> Any:
+        """Run the forward of condition `index`, checked where checks are asked for: while dynamo
+        traces, always (once per trace, on fakes); eagerly, the first call of each input signature
+        when kernelize was given check_outputs, verify or checks."""
         fn = self.table[index]
-        if self.repos[index] is None or _is_compiling():
+        if self.repos[index] is None:
+            return fn(self.module, *args, **kwargs)
+        if compiling:
+            if check_while_tracing(self, index, args, kwargs, self.module):
+                return fn(self.module, *args, **kwargs)
+            return self.original(self.module, *args, **kwargs)
+        if not self.checked:
             return fn(self.module, *args, **kwargs)
         if in_reference_run():  # the enclosing layer's original runs as a reference: no kernels inside
             return self.original(self.module, *args, **kwargs)
@@ -192,27 +153,16 @@ class KernelForward:
         return (fn if verdict else self.original)(self.module, *args, **kwargs)
 
     def _first_call(self, index: int, key: tuple, args: tuple, kwargs: dict) -> Any:
-        module, verify = self.module, self.checks.verify
-        inputs = describe(args, kwargs)
-        expected = expected_output(self.original, module, args, kwargs)  # before the kernel may write its inputs
-        reference = reference_output(self.original, module, args, kwargs, verify) if verify is not None and expected is not None else None
-        out = self.table[index](module, *args, **kwargs)
-        problem = output_problem(expected, out) if expected is not None else None
-        rejected, measured = None, None
-        if problem is not None:
-            rejected = Rejected(Reason.WRONG_OUTPUT, f"for inputs {inputs}: {problem}")
-        elif reference is not None:
-            measured = measure(out, reference[0], verify, inputs, reference[1])  # type: ignore[arg-type]
-            if not measured.within:
-                rejected = Rejected(Reason.NUMERICALLY_DIFFERENT, str(measured))
-        self.findings.append(Finding(index, inputs, rejected, measured))
-        self._verdicts[(index, key)] = rejected is None
-        if rejected is None:
+        module = self.module
+        verdict, out = check_eager_call(self.checks, module, self.table[index], self.original, args, kwargs)
+        self.record(Finding.of(index, describe(args, kwargs), verdict))
+        self._verdicts[(index, key)] = verdict.rejected is None
+        if verdict.rejected is None:
             return out
         where = f"{type(module).__name__} with the kernel from {self.repos[index]!r}"
         if self.checks.allowed is not None:
-            raise_unless_allowed(rejected, where, "Pass use_fallback=True to keep the original forward.", self.checks.allowed)
-        warnings.warn(f"kernel_fx: {where}: {rejected}; the original forward runs for such inputs.", KernelFallbackWarning, stacklevel=3)
+            raise_unless_allowed(verdict.rejected, where, "Pass use_fallback=True to keep the original forward.", self.checks.allowed)
+        warnings.warn(f"kernel_fx: {where}: {verdict.rejected}; the original forward runs for such inputs.", KernelFallbackWarning, stacklevel=3)
         return self.original(module, *args, **kwargs)
 
     def install(self) -> None:
@@ -238,27 +188,56 @@ class KernelForward:
         return f"<kernel_fx forward of {type(self.module).__name__}: {type(self).__name__}>"
 
 
+def _unmarked(fn: ForwardFn) -> ForwardFn:
+    """The original behind the class's call-boundary wrapper: in eager the wrapper only asks whether
+    dynamo traces, and the fast path runs only when it does not."""
+    return fn.__wrapped__ if getattr(fn, MARKED_ATTR, False) else fn
+
+
+class _Runs:
+    """A table entry that runs the original, shaped like a kernel class (`.forward(module, ...)`)."""
+
+    __slots__ = ("forward",)
+
+    def __init__(self, fn: ForwardFn) -> None:
+        self.forward = fn
+
+
 class StaticForward(KernelForward):
     """The same forward under every condition: no checks per call."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.run(0, args, kwargs)
+        kernel = self.fast[0]
+        if _is_compiling():
+            return self.run(0, args, kwargs, True)
+        if kernel is not None and (_WORLD is None or _WORLD.default_pg is None):  # the hot path: ~0.3 µs over the kernel
+            return kernel.forward(self.module, *args, **kwargs)
+        return self.run(0, args, kwargs, False)
 
 
 class CompileCheckingForward(KernelForward):
     """A kernel that must not run while torch.compile traces (can_torch_compile = False)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.run(2 if _is_compiling() else 0, args, kwargs)
+        if _is_compiling():
+            return self.run(2, args, kwargs, True)
+        kernel = self.fast[0]
+        if kernel is not None and (_WORLD is None or _WORLD.default_pg is None):
+            return kernel.forward(self.module, *args, **kwargs)
+        return self.run(0, args, kwargs, False)
 
 
 class DynamicForward(KernelForward):
     """Chooses per call by whether autograd needs this call's backward, and whether compiling."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        module = self.module
-        grad = self.owner.training or (_grad_enabled() and needs_grad(module, args, kwargs))
-        return self.run(grad + (2 if _is_compiling() else 0), args, kwargs)
+        grad = self.owner.training or (_grad_enabled() and needs_grad(self.module, args, kwargs))
+        if _is_compiling():
+            return self.run(grad + 2, args, kwargs, True)
+        kernel = self.fast[grad]
+        if kernel is not None and (_WORLD is None or _WORLD.default_pg is None):
+            return kernel.forward(self.module, *args, **kwargs)
+        return self.run(grad, args, kwargs, False)
 
 
 def needs_grad(module: nn.Module, args: tuple, kwargs: dict) -> bool:
@@ -274,9 +253,9 @@ def needs_grad(module: nn.Module, args: tuple, kwargs: dict) -> bool:
 
 
 def _rebuild(module: nn.Module, repos: tuple, backend: str, previous: Any, checks: CallChecks | None = None) -> KernelForward:
-    from .repos import load_layer
+    from ..repos import load_layer
 
-    original = _as_method(previous, module)
+    original = as_method(previous, module)
     table = []
     for repo in repos:
         if repo is None:
