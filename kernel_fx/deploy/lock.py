@@ -12,7 +12,7 @@ False
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -42,6 +42,7 @@ class KernelLock:
         files: `{relative path: sha256}` of every file of the variant.
         libraries: the relative paths of its compiled op libraries (`.so`); empty for pure Python.
         ops: the custom ops (`namespace::name`) the program calls from this kernel.
+        folder: where the variant's files were when exported (not written to the lock).
     """
 
     repo: str
@@ -52,6 +53,7 @@ class KernelLock:
     files: Mapping[str, str]
     libraries: tuple[str, ...]
     ops: tuple[str, ...]
+    folder: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
@@ -77,7 +79,8 @@ class KernelLock:
         files = hash_files(variant_dir)
         libraries = tuple(rel for rel in files if rel.endswith(LIBRARY_SUFFIXES))
         kernel_id = str(read_metadata(variant_dir).get("id") or variant_dir.parent.parent.name)
-        return cls(source.repo, source.variant, source.commit, source.revision, kernel_id, files, libraries, tuple(sorted(ops)))
+        return cls(source.repo, source.variant, source.commit, source.revision, kernel_id, files, libraries, tuple(sorted(ops)),
+                   str(variant_dir.resolve()))
 
     def as_dict(self) -> dict[str, Any]:
         return {"repo": self.repo, "variant": self.variant, "commit": self.commit, "revision": self.revision,

@@ -1,0 +1,147 @@
+"""kernel_fx.export / package / load_package: the program runs what the report says, the package
+carries and checks its kernels, and plain torch runs it in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+import torch
+from cpp_kernel import NAMESPACE, make_cpp_kernel_repo
+
+import kernel_fx
+from kernel_fx.demo import DemoConfig, build_demo_model
+from kernel_fx.deploy import PackageIntegrityError
+from kernel_fx.deploy.package import library_members
+
+TINY = DemoConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, vocab_size=64)
+
+
+def demo_inputs():
+    return (torch.randint(0, TINY.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0)),)
+
+
+def cpp_mapping(repo):
+    """The bundled kernels, with SiluAndMul served by the compiled C++ op."""
+    mapping = kernel_fx.default_mapping()
+    mapping["SiluAndMul"] = {"cpu": kernel_fx.LocalLayerRepository(repo, layer_name="SiluAndMul")}
+    return mapping
+
+
+def op_calls() -> int:
+    return torch.ops.kfx_cpp_test.call_count()
+
+
+@pytest.fixture(scope="module")
+def cpp_repo(tmp_path_factory):
+    return make_cpp_kernel_repo(tmp_path_factory.mktemp("cpp") / "kfx-cpp-test")
+
+
+def test_every_site_reported_and_the_program_runs_the_traced_kernels():
+    model = build_demo_model(TINY)
+    with kernel_fx.use_kernel_mapping(kernel_fx.default_mapping()):
+        program = kernel_fx.export(model, demo_inputs())
+    record = kernel_fx.export_record(program)
+    paths = {path for path, _ in kernel_fx.layers.extensible_modules(model)}
+    assert {d.path for d in record.report.decisions} == paths == set(record.sites)
+    assert record.report.summary() == "11 sites: 11 kernel, 0 original"
+    assert all(s.calls == 1 and s.kernel_nodes == s.nodes > 0 for s in record.sites.values())
+    assert [(k.variant, k.compiled) for k in record.kernels] == [("torch-cpu", False)]
+    torch.testing.assert_close(program.module()(*demo_inputs()), model(*demo_inputs()))
+
+
+def test_original_sites_say_why_and_hold_no_kernel_code():
+    model = build_demo_model(TINY)
+    mapping = {"RMSNorm": kernel_fx.default_mapping()["RMSNorm"]}
+    with kernel_fx.use_kernel_mapping(mapping):
+        record = kernel_fx.export_record(kernel_fx.export(model, demo_inputs()))
+    kernels = {d.path for d in record.report.decisions if d.outcome.value == "kernel"}
+    assert kernels == {"layers.0.input_layernorm", "layers.1.input_layernorm", "norm"}
+    originals = [d for d in record.report.decisions if d.path not in kernels]
+    assert {d.rejected.reason.value for d in originals} == {"no mapping"}
+    assert all(record.sites[d.path].kernel_nodes == 0 and record.sites[d.path].nodes > 0 for d in originals)
+    assert all(record.sites[p].kernel_nodes > 0 for p in kernels)
+
+
+def test_compiled_op_kernel_is_one_op_per_call(cpp_repo):
+    model = build_demo_model(TINY)
+    with kernel_fx.use_kernel_mapping(cpp_mapping(cpp_repo)):
+        program = kernel_fx.export(model, demo_inputs())
+    record = kernel_fx.export_record(program)
+    ops = [n for n in program.graph.nodes if n.op == "call_function" and getattr(n.target, "namespace", None) == NAMESPACE]
+    assert len(ops) == TINY.num_hidden_layers
+    assert {p: dict(s.ops) for p, s in record.sites.items() if s.ops} == {
+        f"layers.{i}.mlp.act": {f"{NAMESPACE}::silu_and_mul": 1} for i in range(TINY.num_hidden_layers)}
+    compiled = [k for k in record.kernels if k.compiled]
+    assert [(k.kernel_id, k.libraries, k.ops) for k in compiled] == [(NAMESPACE, ("_kfx_cpp_test.so",), (f"{NAMESPACE}::silu_and_mul",))]
+    before = op_calls()
+    torch.testing.assert_close(program.module()(*demo_inputs()), model(*demo_inputs()))
+    assert op_calls() - before == TINY.num_hidden_layers
+
+
+@pytest.fixture(scope="module")
+def cpp_package(cpp_repo, tmp_path_factory):
+    """A package of the demo model whose SiluAndMul is the C++ op, with the eager outputs beside it."""
+    folder = tmp_path_factory.mktemp("package")
+    model = build_demo_model(TINY)
+    with kernel_fx.use_kernel_mapping(cpp_mapping(cpp_repo)):
+        program = kernel_fx.export(model, demo_inputs())
+    path = kernel_fx.package(program, folder / "demo.pt2")
+    torch.save({"inputs": demo_inputs(), "expected": model(*demo_inputs()).detach()}, folder / "io.pt")
+    return path
+
+
+FRESH = """
+import sys, zipfile, torch
+path, io, member, unpack = sys.argv[1:]
+torch.ops.load_library(zipfile.ZipFile(path).extract(member, unpack))
+model = torch._inductor.aoti_load_package(path)
+data = torch.load(io)
+before = torch.ops.kfx_cpp_test.call_count()
+torch.testing.assert_close(model(*data["inputs"]), data["expected"])
+print(torch.ops.kfx_cpp_test.call_count() - before)
+assert not any(m.startswith(("kernel_fx", "cpp_kernel")) for m in sys.modules), "kernel_fx was imported"
+"""
+
+
+@pytest.mark.slow
+def test_package_runs_in_a_fresh_process_with_plain_torch(cpp_package, tmp_path):
+    member, = library_members(cpp_package)
+    assert member.endswith(f"/kernel_fx/kernels/{NAMESPACE}/_kfx_cpp_test.so")
+    io = cpp_package.parent / "io.pt"
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(FRESH), str(cpp_package), str(io), member, str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == str(TINY.num_hidden_layers)  # the C++ op ran once per layer inside the package
+
+
+@pytest.mark.slow
+def test_load_package_checks_the_lock_and_runs_the_kernel(cpp_package):
+    with zipfile.ZipFile(cpp_package) as archive:
+        root = archive.namelist()[0].split("/")[0]
+        lock = json.loads(archive.read(f"{root}/extra/kernel_fx/lock.json"))
+    entries = {k["kernel_id"]: k for k in lock["kernels"]}
+    assert set(entries[NAMESPACE]["files"]) == {"__init__.py", "layers.py", "metadata.json", "_kfx_cpp_test.so"}
+    assert entries[NAMESPACE]["variant"].startswith("torch") and entries[NAMESPACE]["variant"].endswith("-cpu-x86_64-linux")
+    loaded = kernel_fx.load_package(cpp_package)
+    data = torch.load(cpp_package.parent / "io.pt")
+    before = op_calls()
+    torch.testing.assert_close(loaded(*data["inputs"]), data["expected"])
+    assert op_calls() - before == TINY.num_hidden_layers
+
+
+@pytest.mark.slow
+def test_load_package_refuses_a_tampered_kernel_file(cpp_package, tmp_path):
+    tampered = tmp_path / "tampered.pt2"
+    with zipfile.ZipFile(cpp_package) as source, zipfile.ZipFile(tampered, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith(f"kernels/{NAMESPACE}/layers.py"):
+                data += b"\nimport os  # tampered\n"
+            target.writestr(item, data)
+    with pytest.raises(PackageIntegrityError, match=r"layers\.py has sha256 [0-9a-f]{64}, the lock says"):
+        kernel_fx.load_package(tampered)
