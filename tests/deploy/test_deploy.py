@@ -4,11 +4,14 @@ carries and checks its kernels, and plain torch runs it in a fresh process."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import zipfile
+from pathlib import Path
 
+import cli_target
 import pytest
 import torch
 from cpp_kernel import NAMESPACE, make_cpp_kernel_repo
@@ -18,6 +21,8 @@ from kernel_fx.demo import DemoConfig, build_demo_model
 from kernel_fx.deploy import PackageIntegrityError
 from kernel_fx.deploy.package import library_members
 
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 TINY = DemoConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, vocab_size=64)
 
 
@@ -145,3 +150,17 @@ def test_load_package_refuses_a_tampered_kernel_file(cpp_package, tmp_path):
             target.writestr(item, data)
     with pytest.raises(PackageIntegrityError, match=r"layers\.py has sha256 [0-9a-f]{64}, the lock says"):
         kernel_fx.load_package(tampered)
+
+
+@pytest.mark.slow
+def test_cli_export_writes_a_package_and_prints_the_report(cpp_repo, tmp_path):
+    env = {**os.environ, "KFX_CPP_REPO": str(cpp_repo), "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
+    done = subprocess.run([sys.executable, "-m", "kernel_fx.cli", "export", "cli_target:demo", "--mapping", "cli_target:mapping",
+                           "-o", str(tmp_path / "cli.pt2")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "11 sites: 11 kernel, 0 original" in done.stdout
+    assert "kfx_cpp_test::silu_and_mul x1" in done.stdout and " NO\n" not in done.stdout
+    assert f"torch.ops.load_library(zipfile.ZipFile('{tmp_path / 'cli.pt2'}').extract(" in done.stdout
+    loaded = kernel_fx.load_package(tmp_path / "cli.pt2")
+    model, args = cli_target.demo()
+    torch.testing.assert_close(loaded(*args), model(*args))
