@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cli_target
@@ -88,16 +89,24 @@ def test_compiled_op_kernel_is_one_op_per_call(cpp_repo):
     assert op_calls() - before == TINY.num_hidden_layers
 
 
+@dataclass
+class Exported:
+    path: Path
+    stdout: str
+
+
 @pytest.fixture(scope="module")
 def cpp_package(cpp_repo, tmp_path_factory):
-    """A package of the demo model whose SiluAndMul is the C++ op, with the eager outputs beside it."""
+    """`kernel-fx export` of the tiny demo model whose SiluAndMul is the C++ op (one AOTInductor compile
+    serves every package test), with the eager model's inputs and outputs beside it."""
     folder = tmp_path_factory.mktemp("package")
-    model = build_demo_model(TINY)
-    with kernel_fx.use_kernel_mapping(cpp_mapping(cpp_repo)):
-        program = kernel_fx.export(model, demo_inputs())
-    path = kernel_fx.package(program, folder / "demo.pt2")
-    torch.save({"inputs": demo_inputs(), "expected": model(*demo_inputs()).detach()}, folder / "io.pt")
-    return path
+    env = {**os.environ, "KFX_CPP_REPO": str(cpp_repo), "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
+    done = subprocess.run([sys.executable, "-m", "kernel_fx.cli", "export", "cli_target:demo", "--mapping", "cli_target:mapping",
+                           "-o", str(folder / "demo.pt2")], capture_output=True, text=True, env=env, cwd=folder, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model, args = cli_target.demo()
+    torch.save({"inputs": args, "expected": model(*args).detach()}, folder / "io.pt")
+    return Exported(folder / "demo.pt2", done.stdout)
 
 
 FRESH = """
@@ -115,10 +124,10 @@ assert not any(m.startswith(("kernel_fx", "cpp_kernel")) for m in sys.modules), 
 
 @pytest.mark.slow
 def test_package_runs_in_a_fresh_process_with_plain_torch(cpp_package, tmp_path):
-    member, = library_members(cpp_package)
+    member, = library_members(cpp_package.path)
     assert member.endswith(f"/kernel_fx/kernels/{NAMESPACE}/_kfx_cpp_test.so")
-    io = cpp_package.parent / "io.pt"
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(FRESH), str(cpp_package), str(io), member, str(tmp_path)],
+    io = cpp_package.path.parent / "io.pt"
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(FRESH), str(cpp_package.path), str(io), member, str(tmp_path)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == str(TINY.num_hidden_layers)  # the C++ op ran once per layer inside the package
@@ -126,14 +135,14 @@ def test_package_runs_in_a_fresh_process_with_plain_torch(cpp_package, tmp_path)
 
 @pytest.mark.slow
 def test_load_package_checks_the_lock_and_runs_the_kernel(cpp_package):
-    with zipfile.ZipFile(cpp_package) as archive:
+    with zipfile.ZipFile(cpp_package.path) as archive:
         root = archive.namelist()[0].split("/")[0]
         lock = json.loads(archive.read(f"{root}/extra/kernel_fx/lock.json"))
     entries = {k["kernel_id"]: k for k in lock["kernels"]}
     assert set(entries[NAMESPACE]["files"]) == {"__init__.py", "layers.py", "metadata.json", "_kfx_cpp_test.so"}
     assert entries[NAMESPACE]["variant"].startswith("torch") and entries[NAMESPACE]["variant"].endswith("-cpu-x86_64-linux")
-    loaded = kernel_fx.load_package(cpp_package)
-    data = torch.load(cpp_package.parent / "io.pt")
+    loaded = kernel_fx.load_package(cpp_package.path)
+    data = torch.load(cpp_package.path.parent / "io.pt")
     before = op_calls()
     torch.testing.assert_close(loaded(*data["inputs"]), data["expected"])
     assert op_calls() - before == TINY.num_hidden_layers
@@ -142,7 +151,7 @@ def test_load_package_checks_the_lock_and_runs_the_kernel(cpp_package):
 @pytest.mark.slow
 def test_load_package_refuses_a_tampered_kernel_file(cpp_package, tmp_path):
     tampered = tmp_path / "tampered.pt2"
-    with zipfile.ZipFile(cpp_package) as source, zipfile.ZipFile(tampered, "w") as target:
+    with zipfile.ZipFile(cpp_package.path) as source, zipfile.ZipFile(tampered, "w") as target:
         for item in source.infolist():
             data = source.read(item)
             if item.filename.endswith(f"kernels/{NAMESPACE}/layers.py"):
@@ -153,14 +162,8 @@ def test_load_package_refuses_a_tampered_kernel_file(cpp_package, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_export_writes_a_package_and_prints_the_report(cpp_repo, tmp_path):
-    env = {**os.environ, "KFX_CPP_REPO": str(cpp_repo), "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
-    done = subprocess.run([sys.executable, "-m", "kernel_fx.cli", "export", "cli_target:demo", "--mapping", "cli_target:mapping",
-                           "-o", str(tmp_path / "cli.pt2")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "11 sites: 11 kernel, 0 original" in done.stdout
-    assert "kfx_cpp_test::silu_and_mul x1" in done.stdout and " NO\n" not in done.stdout
-    assert f"torch.ops.load_library(zipfile.ZipFile('{tmp_path / 'cli.pt2'}').extract(" in done.stdout
-    loaded = kernel_fx.load_package(tmp_path / "cli.pt2")
-    model, args = cli_target.demo()
-    torch.testing.assert_close(loaded(*args), model(*args))
+def test_cli_export_prints_the_report_and_how_to_load(cpp_package):
+    out = cpp_package.stdout
+    assert "11 sites: 11 kernel, 0 original" in out
+    assert "kfx_cpp_test::silu_and_mul x1" in out and " NO\n" not in out
+    assert f"torch.ops.load_library(zipfile.ZipFile('{cpp_package.path}').extract(" in out
