@@ -45,8 +45,13 @@ def package(program: torch.export.ExportedProgram, path: str | os.PathLike[str],
 
     >>> import tempfile, torch, kernel_fx
     >>> from torch import nn
-    >>> program = kernel_fx.export(nn.Sequential(nn.Linear(2, 2)), (torch.ones(1, 2),))
-    >>> path = kernel_fx.package(program, tempfile.mkdtemp() + "/tiny.pt2")  # doctest: +SKIP
+    >>> model = nn.Sequential(nn.Linear(2, 2))
+    >>> program = kernel_fx.export(model, (torch.ones(1, 2),))
+    >>> path = kernel_fx.package(program, tempfile.mkdtemp() + "/tiny.pt2")   # AOTInductor: seconds
+    >>> loaded = kernel_fx.load_package(path)
+    >>> torch.testing.assert_close(loaded(torch.ones(1, 2)), model(torch.ones(1, 2)))
+    >>> loaded.kernels  # no site, no kernel
+    ()
     """
     record = export_record(program)
     path = Path(path)
@@ -97,8 +102,10 @@ def load_package(path: str | os.PathLike[str], *, unpack_to: str | os.PathLike[s
     the package's lock (`PackageIntegrityError` naming the file), load their op libraries, then the
     AOTInductor program.
 
-    >>> model = kernel_fx.load_package("model.pt2")  # doctest: +SKIP
-    >>> logits = model(input_ids)                    # doctest: +SKIP
+    See `package` for a run; with kernels:
+
+        model = kernel_fx.load_package("model.pt2")   # PackageIntegrityError if a kernel file was changed
+        logits = model(input_ids)
     """
     path = Path(path)
     if not path.is_file():

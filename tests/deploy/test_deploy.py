@@ -60,6 +60,16 @@ def test_every_site_reported_and_the_program_runs_the_traced_kernels():
     torch.testing.assert_close(program.module()(*demo_inputs()), model(*demo_inputs()))
 
 
+def test_dynamic_shapes_pass_through():
+    model = build_demo_model(TINY)
+    shapes = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=32)},)
+    with kernel_fx.use_kernel_mapping(kernel_fx.default_mapping()):
+        program = kernel_fx.export(model, demo_inputs(), dynamic_shapes=shapes)
+    assert kernel_fx.export_record(program).agrees
+    ids = torch.randint(0, TINY.vocab_size, (3, 11))
+    torch.testing.assert_close(program.module()(ids), model(ids))
+
+
 def test_original_sites_say_why_and_hold_no_kernel_code():
     model = build_demo_model(TINY)
     mapping = {"RMSNorm": kernel_fx.default_mapping()["RMSNorm"]}
