@@ -141,13 +141,17 @@ def _record(kernelized: nn.Module, program: torch.export.ExportedProgram) -> Exp
     decisions = [replace(d, path_kind="export") for d in report(kernelized).decisions]
     kernel_paths = {d.path for d in decisions if d.outcome is not Outcome.ORIGINAL}
     sources: dict[str, KernelSource] = {}  # site path -> the kernel the report says runs there
+    registered = {path for path, _ in kernelized.named_modules()}
+    function_hosts = {}  # sites of marked functions, which `named_modules` does not list -> their host module
     for path, module in extensible_modules(kernelized):
         source = _kernel_source(module) if path in kernel_paths else None
         if source is not None:
             sources[path] = source
+        if path not in registered:
+            function_hosts[path] = path.rpartition(".")[0]
     by_dir = {str(Path(s.path).resolve()): s for s in sources.values()}
     sites = sites_in_program(program.graph, {d.path: sources[d.path].path if d.path in sources else None for d in decisions},
-                             kernel_dirs=by_dir)
+                             kernel_dirs=by_dir, function_hosts=function_hosts)
     ops: dict[str, set[str]] = {folder: set() for folder in by_dir}
     used = set()
     for path in sources:

@@ -82,11 +82,19 @@ def custom_op_name(node: torch.fx.Node) -> str | None:
     return None if namespace in TORCH_NAMESPACES else f"{namespace}::{target._opname}"
 
 
-def sites_in_program(graph: torch.fx.Graph, sites: Mapping[str, str | None], *, kernel_dirs: Iterable[str]) -> dict[str, SiteInProgram]:
+def sites_in_program(graph: torch.fx.Graph, sites: Mapping[str, str | None], *, kernel_dirs: Iterable[str],
+                     function_hosts: Mapping[str, str] | None = None) -> dict[str, SiteInProgram]:
     """`{path: SiteInProgram}` for `sites` (`{path: kernel variant dir or None}`); `kernel_dirs` are
     the variant directories of every kernel the export used (a node from any of them in an
-    original site is a disagreement)."""
+    original site is a disagreement).
+
+    `function_hosts` maps the sites of marked functions (`kernels`' `use_kernelized_func`) to the
+    module whose forward calls them: such a call leaves no `nn_module_stack` entry of its own, so a
+    node in the host's own code that came from the function site's kernel files is that site's.
+    (An original function site's nodes cannot be told from its host's: it shows as not traced.)"""
     dirs = tuple(sorted({str(Path(d).resolve()) for d in kernel_dirs} | {str(Path(d).resolve()) for d in sites.values() if d}))
+    by_host: dict[tuple[str, str], str] = {  # (host path, kernel dir) -> function site
+        (host, str(Path(sites[path]).resolve())): path for path, host in (function_hosts or {}).items() if sites.get(path)}
     calls: dict[str, set[str]] = {p: set() for p in sites}
     nodes: Counter[str] = Counter()
     kernel_nodes: Counter[str] = Counter()
@@ -94,12 +102,20 @@ def sites_in_program(graph: torch.fx.Graph, sites: Mapping[str, str | None], *, 
     for node in graph.nodes:
         if node.op != "call_function":
             continue
-        owner = _innermost_site(node.meta.get("nn_module_stack") or {}, sites, calls)
+        stack = node.meta.get("nn_module_stack") or {}
+        owner = _innermost_site(stack, sites, calls)
+        trace = node.meta.get("stack_trace") or ""
+        came_from = [d for d in dirs if f'File "{d}/' in trace]
+        if stack and by_host:
+            key, (deepest, _cls) = next(reversed(stack.items()))
+            function_site = next((by_host[(deepest, d)] for d in came_from if (deepest, d) in by_host), None)
+            if function_site is not None:
+                owner = function_site
+                calls[owner].add(key)
         if owner is None:
             continue
         nodes[owner] += 1
-        trace = node.meta.get("stack_trace") or ""
-        if any(f'File "{d}/' in trace for d in dirs):
+        if came_from:
             kernel_nodes[owner] += 1
         op = custom_op_name(node)
         if op is not None:

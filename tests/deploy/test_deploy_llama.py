@@ -56,6 +56,21 @@ def test_llama_prefill_exports_with_its_kernels():
     torch.testing.assert_close(program.module()(ids, use_cache=False).logits, model(ids, use_cache=False).logits)
 
 
+def test_a_marked_function_site_is_found_inside_its_host():
+    """transformers' `apply_rotary_pos_emb` (`use_kernelized_func`, "rotary_pos_emb") leaves no module
+    entry in the program: its kernel's nodes are found in its host's code by their files."""
+    model = tiny_llama()
+    ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(0))
+    chosen = {**mapping(), "rotary_pos_emb": {"cpu": kernel_fx.LocalLayerRepository(bundled_repo_path(), layer_name="RotaryPosEmb")}}
+    with kernel_fx.use_kernel_mapping(chosen):
+        program = kernel_fx.export(model, (ids,), {"use_cache": False})
+    record = kernel_fx.export_record(program)
+    rotary = record.sites["model.layers.0.self_attn.rotary_pos_emb"]
+    assert rotary.calls == 1 and rotary.kernel_nodes == rotary.nodes > 0
+    assert record.report.summary() == "5 sites: 5 kernel, 0 original"
+    torch.testing.assert_close(program.module()(ids, use_cache=False).logits, model(ids, use_cache=False).logits)
+
+
 def test_llama_static_cache_decode_step_exports_with_its_kernels():
     model = tiny_llama()
     step = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=16)
