@@ -5,8 +5,8 @@ of its variant, plus the op libraries among those files and the ops the program 
 ...                   files={"__init__.py": "ab" * 32}, libraries=(), ops=())
 >>> KernelLock.from_dict(lock.as_dict()) == lock
 True
->>> lock.compiled
-False
+>>> lock.compiled, lock.packed
+(False, False)
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class KernelLock:
         revision: the revision asked for (branch, tag, `v1`), if any.
         kernel_id: the variant's metadata `id` (the folder its files have in the package).
         files: `{relative path: sha256}` of every file of the variant.
-        libraries: the relative paths of its compiled op libraries (`.so`); empty for pure Python.
+        libraries: the relative paths of its compiled op libraries (`.so`); empty for pure Python (a kernel
+            registering its ops with `torch.library` in Python has none: `load_package` imports it).
         ops: the custom ops (`namespace::name`) the program calls from this kernel.
         folder: where the variant's files were when exported (not written to the lock).
     """
@@ -69,8 +70,14 @@ class KernelLock:
 
     @property
     def compiled(self) -> bool:
-        """Whether the program calls ops from this kernel's compiled libraries (its files then travel in the package)."""
+        """Whether the program calls ops from this kernel's compiled libraries."""
         return bool(self.libraries) and bool(self.ops)
+
+    @property
+    def packed(self) -> bool:
+        """Whether the program calls ops this kernel registers (from a library or from Python): then
+        its files travel in the package, and the ops must be registered before the program loads."""
+        return bool(self.ops)
 
     @classmethod
     def of(cls, source: KernelSource, ops: tuple[str, ...]) -> KernelLock:

@@ -4,14 +4,17 @@ Inside the archive, next to AOTInductor's files (`<name>/data/aotinductor/...`):
 
     <name>/extra/kernel_fx/lock.json                  the lock of every kernel in the program
     <name>/extra/kernel_fx/report.json                the export's record (report and per-site check)
-    <name>/kernel_fx/kernels/<id>/<file>              every file of each compiled-extension kernel the program calls
+    <name>/kernel_fx/kernels/<id>/<file>              every file of each kernel whose ops the program calls
+                                                      (compiled libraries, or ops registered in Python)
 
 (Kernel files sit outside `extra/`: torch's reader decodes every `extra/` member as UTF-8 text.)
 
 AOTInductor cannot pack a C++ op library (pytorch #145394): the program calls the kernel's ops by
 name, so the library must be loaded (`torch.ops.load_library`) before the package. `load_package`
 does that after checking every file against the lock; without kernel_fx it is two lines of torch
-(README, "Deploy").
+(README, "Deploy"). A kernel whose ops are registered in Python (`torch.library.custom_op` with a
+fake implementation) is imported by `load_package` from its packed, verified files instead; plain
+torch cannot run those.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import ArgumentTypeError, KernelFxError
+from ..hub.importer import KernelSource, import_variant
 from .lock import LOCK_VERSION, KernelLock, PackageIntegrityError, verify_unpacked
 from .program import export_record
 
@@ -68,7 +72,7 @@ def package(program: torch.export.ExportedProgram, path: str | os.PathLike[str],
             {"version": LOCK_VERSION, "kernels": [k.as_dict() for k in record.kernels]}, indent=2))
         archive.writestr(f"{root}/{EXTRA}/report.json", json.dumps(record.to_dict(), indent=2, default=str))
         for kernel in record.kernels:
-            if kernel.compiled:
+            if kernel.packed:
                 folder = Path(kernel.folder or "")
                 for rel in kernel.files:
                     archive.write(folder / rel, f"{root}/{KERNELS}/{kernel.kernel_id}/{rel}")
@@ -80,7 +84,7 @@ def library_members(path: str | os.PathLike[str]) -> list[str]:
     with zipfile.ZipFile(path) as archive:
         root = _archive_root(archive.namelist(), Path(path))
         lock = _read_lock(archive, root, path)
-    return [f"{root}/{KERNELS}/{k.kernel_id}/{lib}" for k in lock if k.compiled for lib in k.libraries]
+    return [f"{root}/{KERNELS}/{k.kernel_id}/{lib}" for k in lock if k.packed for lib in k.libraries]
 
 
 @dataclass
@@ -116,7 +120,7 @@ def load_package(path: str | os.PathLike[str], *, unpack_to: str | os.PathLike[s
         base = Path(unpack_to) if unpack_to is not None else Path(tempfile.mkdtemp(prefix="kernel_fx_pkg_"))
         libraries = []
         for kernel in kernels:
-            if not kernel.compiled:
+            if not kernel.packed:
                 continue
             folder = base / kernel.kernel_id
             prefix = f"{root}/{KERNELS}/{kernel.kernel_id}/"
@@ -127,6 +131,7 @@ def load_package(path: str | os.PathLike[str], *, unpack_to: str | os.PathLike[s
                     target.write_bytes(archive.read(name))
             verify_unpacked(kernel, folder, where=str(path))
             libraries += [_load_library(folder / lib, kernel) for lib in kernel.libraries]
+            _register_python_ops(folder, kernel)
     runner = torch._inductor.aoti_load_package(str(path))
     return DeployedModel(runner, kernels, tuple(libraries))
 
@@ -137,10 +142,20 @@ def _load_library(library: Path, kernel: KernelLock) -> Path:
         logger.info("kernel_fx: ops %s of %s are already registered; not loading %s again", kernel.ops, kernel.repo, library)
         return library
     torch.ops.load_library(str(library))
+    return library
+
+
+def _register_python_ops(folder: Path, kernel: KernelLock) -> None:
+    """Import the kernel's package (its verified, unpacked files) when its libraries did not
+    register every op the program calls: its Python registers them."""
+    if all(_registered(op) for op in kernel.ops):
+        return
+    source = KernelSource(kernel.repo, kernel.variant, str(folder), revision=kernel.revision, commit=kernel.commit)
+    import_variant(folder, source)
     missing = [op for op in kernel.ops if not _registered(op)]
     if missing:
-        raise KernelFxError(f"Loading {library} (kernel {kernel.repo}, {kernel.variant}) did not register {missing}, which the program calls.")
-    return library
+        raise KernelFxError(f"Kernel {kernel.repo} ({kernel.variant}) did not register {missing}, which the program calls, "
+                            f"when its libraries {list(kernel.libraries)} were loaded and its package imported from {folder}.")
 
 
 def _registered(op: str) -> bool:

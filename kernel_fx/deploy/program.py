@@ -67,8 +67,7 @@ class ExportRecord:
 
     def render(self, fmt: str = "text") -> str:
         """The report, then the program check, then the kernels the program needs."""
-        lines = [f"{k.repo} ({k.variant})" + (f": ops {', '.join(k.ops)} from {', '.join(k.libraries)}" if k.compiled else ": traced inline")
-                 for k in self.kernels]
+        lines = [f"{k.repo} ({k.variant}): " + _how_it_runs(k) for k in self.kernels]
         parts = [self.report.render(fmt), "== in the exported program ==", self.table("github" if fmt == "markdown" else "simple")]
         if lines:
             parts.append("kernels:\n" + "\n".join(f"  {line}" for line in lines))
@@ -81,6 +80,14 @@ class ExportRecord:
 
     def __str__(self) -> str:
         return self.render()
+
+
+def _how_it_runs(kernel: KernelLock) -> str:
+    if kernel.compiled:
+        return f"ops {', '.join(kernel.ops)} from {', '.join(kernel.libraries)}"
+    if kernel.packed:
+        return f"ops {', '.join(kernel.ops)} registered in Python (load_package imports the kernel; plain torch cannot)"
+    return "traced inline"
 
 
 def export(

@@ -177,3 +177,67 @@ def test_cli_export_prints_the_report_and_how_to_load(cpp_package):
     assert "11 sites: 11 kernel, 0 original" in out
     assert "kfx_cpp_test::silu_and_mul x1" in out and " NO\n" not in out
     assert f"torch.ops.load_library(zipfile.ZipFile('{cpp_package.path}').extract(" in out
+
+
+PY_OP_KERNEL = '''
+import torch
+from torch import nn
+
+CALLS = []
+
+
+@torch.library.custom_op("kfx_py_test::silu_and_mul", mutates_args=())
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    CALLS.append(tuple(x.shape))
+    d = x.shape[-1] // 2
+    return torch.nn.functional.silu(x[..., :d]) * x[..., d:]
+
+
+@silu_and_mul.register_fake
+def _(x):
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+class SiluAndMul(nn.Module):
+    has_backward = False
+    can_torch_compile = True
+
+    def forward(self, x):
+        return torch.ops.kfx_py_test.silu_and_mul(x)
+'''
+
+PY_FRESH = """
+import sys, torch, kernel_fx
+model = kernel_fx.load_package(sys.argv[1])
+data = torch.load(sys.argv[2])
+torch.testing.assert_close(model(data["x"]), data["expected"])
+kernel = sys.modules["kfx_py_test__kfx.layers"]  # imported by load_package from the package's verified files
+print(len(kernel.CALLS), kernel.__file__.startswith(sys.argv[3]))
+"""
+
+
+@pytest.mark.slow
+def test_a_python_custom_op_kernel_is_packed_and_imported_by_load_package(kernel_repo, tmp_path):
+    from kernel_fx.demo import SiluAndMul
+
+    repo = kernel_repo({"torch-cpu": {"layers.py": PY_OP_KERNEL}}, kernel_id="kfx_py_test")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), SiluAndMul())
+    x = torch.randn(3, 4)
+    with kernel_fx.use_kernel_mapping({"SiluAndMul": {"cpu": kernel_fx.LocalLayerRepository(repo, layer_name="SiluAndMul")}}):
+        program = kernel_fx.export(model, (x,))
+    record = kernel_fx.export_record(program)
+    assert record.sites["1"].ops == {"kfx_py_test::silu_and_mul": 1}
+    (lock,) = record.kernels
+    assert lock.packed and not lock.compiled
+    assert "registered in Python" in record.render()
+    path = kernel_fx.package(program, tmp_path / "py.pt2")
+    with torch.no_grad():
+        torch.save({"x": x, "expected": model(x)}, tmp_path / "io.pt")
+    unpack = tmp_path / "unpacked"
+    fresh = PY_FRESH.replace("kernel_fx.load_package(sys.argv[1])", f"kernel_fx.load_package(sys.argv[1], unpack_to={str(unpack)!r})")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(fresh), str(path), str(tmp_path / "io.pt"), str(unpack)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["1", "True"]  # the kernel's op ran once, from the package's copy
