@@ -60,6 +60,17 @@ def test_every_site_reported_and_the_program_runs_the_traced_kernels():
     torch.testing.assert_close(program.module()(*demo_inputs()), model(*demo_inputs()))
 
 
+def test_arguments_and_use_fallback_as_for_kernelize():
+    model = build_demo_model(TINY)
+    with pytest.raises(kernel_fx.KernelizeError, match="RMSNorm"):
+        kernel_fx.export(model, demo_inputs(), use_fallback=False)  # no mapping: raise, as kernelize does
+    with pytest.raises(TypeError, match=r"args=Tensor\) needs a tuple"):
+        kernel_fx.export(model, demo_inputs()[0])
+    with pytest.raises(kernel_fx.KernelFxError, match="no kernel_fx record"):
+        kernel_fx.export_record(torch.export.export(model, demo_inputs()))
+    assert "_kernel_fx_sites" not in vars(model)  # export kernelized a copy, not the model
+
+
 def test_dynamic_shapes_pass_through():
     model = build_demo_model(TINY)
     shapes = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=32)},)
