@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..decisions import KernelizeFallback, Outcome
+from ..checks import Check
+from ..checks.verification import Verify
+from ..decisions import Decision, KernelizeFallback, Outcome
 from ..eager.kernelize import kernelize, report
 from ..errors import ArgumentTypeError, KernelFxError
 from ..hub.importer import KernelSource, source_of
@@ -99,13 +101,28 @@ def export(
     mode: Mode = EXPORT_MODE,
     device: str | torch.device | None = None,
     use_fallback: bool | KernelizeFallback = True,
+    check_outputs: bool = True,
+    verify: bool | Verify | Mapping[Any, Any] = False,
+    checks: Sequence[Check] = (),
     strict: bool = False,
 ) -> torch.export.ExportedProgram:
     """Export `model` with its kernels: `torch.export.export` of a kernelized copy (`model` is not changed).
 
     The mapping, `mode`, `device` and `use_fallback` work as for `kernelize`; the default mode is
     `Mode.INFERENCE | Mode.TORCH_COMPILE` (the program is compiled, so a kernel with
-    `can_torch_compile = False` keeps the original, with that reason). The record
+    `can_torch_compile = False` keeps the original, with that reason).
+
+    Checks: torch.export's tracing gives kernel_fx no point to check a call (the compiled path checks
+    while dynamo traces), so the checks run before it, as on kernelize's eager first calls: a
+    kernelized copy runs once on `args`/`kwargs` (under `torch.no_grad()`), every kernel site's first
+    call going through the pipeline — `check_outputs` (`wrong_output`, on fakes), `verify`
+    (`numerically_different`, against the original) and `checks`, as `kernelize` takes them. Sites a
+    check refuses keep their original in the program, with the check's reason in the report. The run
+    uses its own copy, so state the call writes (a KV cache) does not reach the program;
+    `check_outputs=False` (and no `verify` or `checks`) skips it. With `dynamic_shapes`, only the
+    example inputs' shapes were checked.
+
+    The record
     (`kernel_fx.export_record(program)`, an `ExportRecord`) holds the report of every site, what the
     program holds per site, and the lock of every kernel in it. A kernel site whose traced calls left
     no node from its kernel (or an original site with kernel nodes) raises `KernelFxError`.
@@ -124,9 +141,15 @@ def export(
         raise ArgumentTypeError(f"kernel_fx.export(model={type(model).__name__}) needs an nn.Module.")
     if not isinstance(args, tuple):
         raise ArgumentTypeError(f"kernel_fx.export(args={type(args).__name__}) needs a tuple of positional inputs, e.g. (input_ids,).")
-    kernelized = kernelize(copy.deepcopy(model), mode=mode, device=device, use_fallback=use_fallback)
-    program = torch.export.export(kernelized, args, dict(kwargs or {}), dynamic_shapes=dynamic_shapes, strict=strict)
-    record = _record(kernelized, program)
+    kwargs = dict(kwargs or {})
+    checked = _checked_decisions(model, args, kwargs, mode=mode, device=device, use_fallback=use_fallback,
+                                 check_outputs=check_outputs, verify=verify, checks=checks)
+    refused = {d.path for d in checked or () if d.rejected is not None and d.rejected.check is not None}
+    kernelized = kernelize(copy.deepcopy(model), mode=mode, device=device, use_fallback=use_fallback,
+                           filter_fn=(lambda _module, path: path not in refused) if refused else None)
+    program = torch.export.export(kernelized, args, kwargs, dynamic_shapes=dynamic_shapes, strict=strict)
+    decisions = checked if checked is not None else report(kernelized).decisions
+    record = _record(kernelized, program, [replace(d, path_kind="export") for d in decisions])
     disagree = [s for s in record.sites.values() if not s.agrees]
     if disagree:
         raise KernelFxError("The exported program does not run what the report says at "
@@ -144,8 +167,19 @@ def export_record(program: torch.export.ExportedProgram) -> ExportRecord:
     return record
 
 
-def _record(kernelized: nn.Module, program: torch.export.ExportedProgram) -> ExportRecord:
-    decisions = [replace(d, path_kind="export") for d in report(kernelized).decisions]
+def _checked_decisions(model: nn.Module, args: tuple, kwargs: dict, *, check_outputs: bool, verify: Any, checks: Sequence[Check],
+                       **kernelize_options: Any) -> list[Decision] | None:
+    """The decisions of a kernelized copy of `model` after one call on the example inputs ran each
+    kernel site's checks (None when no check is asked for)."""
+    if not (check_outputs or verify or checks):
+        return None
+    checked = kernelize(copy.deepcopy(model), check_outputs=check_outputs, verify=verify, checks=checks, **kernelize_options)
+    with torch.no_grad():
+        checked(*args, **kwargs)
+    return report(checked).decisions
+
+
+def _record(kernelized: nn.Module, program: torch.export.ExportedProgram, decisions: list[Decision]) -> ExportRecord:
     kernel_paths = {d.path for d in decisions if d.outcome is not Outcome.ORIGINAL}
     sources: dict[str, KernelSource] = {}  # site path -> the kernel the report says runs there
     registered = {path for path, _ in kernelized.named_modules()}

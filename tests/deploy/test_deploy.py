@@ -252,3 +252,25 @@ def test_a_python_custom_op_kernel_is_packed_and_imported_by_load_package(kernel
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["1", "True"]  # the kernel's op ran once, from the package's copy
+
+
+def test_a_kernel_the_checks_refuse_keeps_its_original_in_the_program(kernel_repo):
+    """The shared pipeline decides export too: a kernel with the wrong output shape is refused
+    ("wrong output", by the `wrong_output` check) and the program traces the original."""
+    from models import Scale, scale_source
+
+    repo = kernel_repo({"torch-cpu": {"layers.py": scale_source(forward="return (x * self.weight * self.factor)[:1]")}})
+    model = torch.nn.Sequential(Scale(8), Scale(8))
+    x = torch.randn(4, 8)
+    with kernel_fx.use_kernel_mapping({"Scale": {"cpu": kernel_fx.LocalLayerRepository(repo, layer_name="Scale")}}), \
+            pytest.warns(kernel_fx.KernelFallbackWarning, match="wrong output"):
+        program = kernel_fx.export(model, (x,))
+    record = kernel_fx.export_record(program)
+    assert {(d.path, d.outcome.value, d.rejected.reason.value, d.rejected.check) for d in record.report.decisions} == {
+        ("0", "original", "wrong output", "wrong_output"), ("1", "original", "wrong output", "wrong_output")}
+    assert all(s.kernel_nodes == 0 and s.nodes > 0 for s in record.sites.values())
+    torch.testing.assert_close(program.module()(x), model(x))
+    with kernel_fx.use_kernel_mapping({"Scale": {"cpu": kernel_fx.LocalLayerRepository(repo, layer_name="Scale")}}):
+        unchecked = kernel_fx.export(model, (x,), check_outputs=False)  # no check: the kernel is traced, as reported
+    assert kernel_fx.export_record(unchecked).report.summary() == "2 sites: 2 kernel, 0 original"
+    assert unchecked.module()(x).shape == (1, 8)
