@@ -3,6 +3,8 @@ carries and checks its kernels, and plain torch runs it in a fresh process."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -18,6 +20,7 @@ import torch
 from cpp_kernel import NAMESPACE, make_cpp_kernel_repo
 
 import kernel_fx
+from kernel_fx import cli
 from kernel_fx.demo import DemoConfig, build_demo_model
 from kernel_fx.deploy import PackageIntegrityError
 from kernel_fx.deploy.package import library_members
@@ -118,16 +121,19 @@ class Exported:
 
 @pytest.fixture(scope="module")
 def cpp_package(cpp_repo, tmp_path_factory):
-    """`kernel-fx export` of the tiny demo model whose SiluAndMul is the C++ op (one AOTInductor compile
-    serves every package test), with the eager model's inputs and outputs beside it."""
+    """`kernel-fx export` (its `main`, in this process: one AOTInductor warm-up for the whole file) of
+    the tiny demo model whose SiluAndMul is the C++ op, with the eager model's inputs and outputs beside it."""
     folder = tmp_path_factory.mktemp("package")
-    env = {**os.environ, "KFX_CPP_REPO": str(cpp_repo), "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
-    done = subprocess.run([sys.executable, "-m", "kernel_fx.cli", "export", "cli_target:demo", "--mapping", "cli_target:mapping",
-                           "-o", str(folder / "demo.pt2")], capture_output=True, text=True, env=env, cwd=folder, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    out = io.StringIO()
+    os.environ["KFX_CPP_REPO"] = str(cpp_repo)
+    try:
+        with contextlib.redirect_stdout(out):
+            assert cli.main(["export", "cli_target:demo", "--mapping", "cli_target:mapping", "-o", str(folder / "demo.pt2")]) == 0
+    finally:
+        del os.environ["KFX_CPP_REPO"]
     model, args = cli_target.demo()
     torch.save({"inputs": args, "expected": model(*args).detach()}, folder / "io.pt")
-    return Exported(folder / "demo.pt2", done.stdout)
+    return Exported(folder / "demo.pt2", out.getvalue())
 
 
 FRESH = """
@@ -147,8 +153,8 @@ assert not any(m.startswith(("kernel_fx", "cpp_kernel")) for m in sys.modules), 
 def test_package_runs_in_a_fresh_process_with_plain_torch(cpp_package, tmp_path):
     member, = library_members(cpp_package.path)
     assert member.endswith(f"/kernel_fx/kernels/{NAMESPACE}/_kfx_cpp_test.so")
-    io = cpp_package.path.parent / "io.pt"
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(FRESH), str(cpp_package.path), str(io), member, str(tmp_path)],
+    inout = cpp_package.path.parent / "io.pt"
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(FRESH), str(cpp_package.path), str(inout), member, str(tmp_path)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == str(TINY.num_hidden_layers)  # the C++ op ran once per layer inside the package
