@@ -101,10 +101,14 @@ class DeployedModel:
 
 
 def load_package(path: str | os.PathLike[str], *, unpack_to: str | os.PathLike[str] | None = None) -> DeployedModel:
-    """Load a package `kernel_fx.package` wrote: unpack its kernel files (under `unpack_to`, default
-    a new folder in the temp dir: a library loaded in this process is never overwritten), refuse any whose sha256 differs from
-    the package's lock (`PackageIntegrityError` naming the file), load their op libraries, then the
-    AOTInductor program.
+    """Load a package `kernel_fx.package` wrote: unpack its kernel files (under `unpack_to`, default a
+    new folder in the temp dir, so a library loaded in this process is never overwritten), refuse any
+    file that is missing, not in the package's lock, or whose sha256 differs from it
+    (`PackageIntegrityError` naming the file), load their op libraries (and import kernels whose ops
+    are registered in Python), then the AOTInductor program.
+
+    The lock travels in the same archive: this catches a file changed after packaging, not a package
+    rewritten with a matching lock (compare `DeployedModel.kernels` with a lock you trust for that).
 
     See `package` for a run; with kernels:
 
@@ -123,17 +127,26 @@ def load_package(path: str | os.PathLike[str], *, unpack_to: str | os.PathLike[s
             if not kernel.packed:
                 continue
             folder = base / kernel.kernel_id
-            prefix = f"{root}/{KERNELS}/{kernel.kernel_id}/"
-            for name in archive.namelist():
-                if name.startswith(prefix) and not name.endswith("/"):
-                    target = folder / name[len(prefix):]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(archive.read(name))
+            _unpack(archive, f"{root}/{KERNELS}/{kernel.kernel_id}/", kernel, folder, where=str(path))
             verify_unpacked(kernel, folder, where=str(path))
             libraries += [_load_library(folder / lib, kernel) for lib in kernel.libraries]
             _register_python_ops(folder, kernel)
     runner = torch._inductor.aoti_load_package(str(path))
     return DeployedModel(runner, kernels, tuple(libraries))
+
+
+def _unpack(archive: zipfile.ZipFile, prefix: str, kernel: KernelLock, folder: Path, *, where: str) -> None:
+    """Write the kernel's locked files to `folder`; a member the lock does not name (code nobody
+    pinned, or a path that would leave the folder) is refused, not written."""
+    members = [n[len(prefix):] for n in archive.namelist() if n.startswith(prefix) and not n.endswith("/")]
+    unexpected = sorted(set(members) - set(kernel.files))
+    if unexpected:
+        raise PackageIntegrityError(f"Kernel {kernel.repo} ({kernel.variant}) in {where} has files its lock does not name: "
+                                    f"{', '.join(unexpected)}. Refusing to load it: package the program again.")
+    for rel in members:
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(archive.read(prefix + rel))
 
 
 def _load_library(library: Path, kernel: KernelLock) -> Path:

@@ -186,6 +186,15 @@ def test_load_package_refuses_a_tampered_kernel_file(cpp_package, tmp_path):
             target.writestr(item, data)
     with pytest.raises(PackageIntegrityError, match=r"layers\.py has sha256 [0-9a-f]{64}, the lock says"):
         kernel_fx.load_package(tampered)
+    added = tmp_path / "added.pt2"
+    with zipfile.ZipFile(cpp_package.path) as source, zipfile.ZipFile(added, "w") as target:
+        for item in source.infolist():
+            target.writestr(item, source.read(item))
+            if item.filename.endswith(f"kernels/{NAMESPACE}/layers.py"):
+                target.writestr(item.filename.replace("layers.py", "../../../evil.py"), b"import os\n")
+    with pytest.raises(PackageIntegrityError, match=r"files its lock does not name: \.\./\.\./\.\./evil\.py"):
+        kernel_fx.load_package(added, unpack_to=tmp_path / "unpacked")
+    assert not list(tmp_path.rglob("evil.py"))
 
 
 @pytest.mark.slow
