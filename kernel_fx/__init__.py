@@ -6,6 +6,8 @@ from .checks.verification import Tolerance, Verify
 from .compile.backend_name import offer_backend_name
 from .decisions import Decision, KernelizeFallback, Measured, Outcome, Reason, Rejected
 from .defaults import default_mapping
+from .deploy import ExportRecord, export, export_record
+from .deploy.package import DeployedModel, load_package, package
 from .devices import CUDAProperties, Device, ROCMProperties
 from .eager.inspect_layers import KernelizedFunc, KernelizedLayer, KernelizedLayers, get_kernelized_layers
 from .eager.kernelize import kernelize, report, unkernelize
@@ -60,8 +62,10 @@ def __getattr__(name: str):
 __all__ = [
     "CUDAProperties",
     "Decision",
+    "DeployedModel",
     "Device",
     "Explanation",
+    "ExportRecord",
     "FuncRepository",
     "HubKernelsBackend",
     "KernelFallbackWarning",
@@ -92,6 +96,8 @@ __all__ = [
     "SettingError",
     "default_mapping",
     "explain",
+    "export",
+    "export_record",
     "get_kernel",
     "get_kernel_dep",
     "get_kernel_variants",
@@ -103,6 +109,8 @@ __all__ = [
     "kernelize",
     "last_compile_report",
     "load_kernel",
+    "load_package",
+    "package",
     "register_kernel_mapping",
     "replace_kernel_forward_from_hub",
     "report",

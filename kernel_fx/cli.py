@@ -2,6 +2,7 @@
 
     kernel-fx demo                      the main job: demo model eager / kernelized / compiled
     kernel-fx report MODULE:FUNCTION    report on your model, with a mapping you name
+    kernel-fx export MODULE:FUNCTION -o model.pt2   export and package with the kernels kept; print the report
     kernel-fx variants REPO             build variants of a Hub kernel repo, accepted or not
     kernel-fx describe-api REPO|DIR     a kernel's functions and layers, without importing it
     kernel-fx cache ls                  the kernels in the local cache
@@ -38,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--html", metavar="FILE", default=None, help="also write the report as one self-contained HTML page")
     report.set_defaults(func=_run_report)
 
+    export = commands.add_parser("export", help="export your model with its kernels into an AOTInductor .pt2; print the report")
+    export.add_argument("target", help="MODULE:FUNCTION returning (model, args) or (model, args, kwargs)")
+    export.add_argument("-o", "--output", required=True, help="the .pt2 to write")
+    export.add_argument("--mapping", default=None, help="MODULE:NAME of a mapping dict or a function returning one (default: the bundled kernels)")
+    export.add_argument("--device", default=None)
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(func=_run_export)
+
     try:
         from .cli_hub import add_hub_commands
     except ImportError:  # pragma: no cover - the hub commands ship with kernel_fx
@@ -58,6 +67,12 @@ def _run_report(args: argparse.Namespace) -> int:
     from .demo.run import run_report
 
     return run_report(args.target, mapping=args.mapping, device=args.device, compile=args.compile, as_json=args.json, html=args.html)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .deploy.command import run_export
+
+    return run_export(args.target, args.output, mapping=args.mapping, device=args.device, as_json=args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The package's shape: no import cycles (function-level imports included), no private name
 imported from another module, and the layering the folders show —
 
-    public face   kernel_fx/__init__.py, explain, cli*, demo/, integrations/
+    public face   kernel_fx/__init__.py, explain, deploy/, cli*, demo/, integrations/
     paths         eager/ (kernelize)   compile/ (hubkernels, kernelize_graph)   — siblings
     checks        checks/ (the pipeline every path runs)
     core          planner, mapping, repos, hub/, layers, markers, decisions, report, ...
@@ -21,7 +21,7 @@ SOURCES = sorted(p for p in ROOT.rglob("*.py") if "kernels" not in p.relative_to
 # (`import kernel_fx` stays cheap), `explain`, the dry run of both paths, and the command line,
 # demo and integrations, which use the public API.
 COMPILE_IMPORTERS_ALLOWED = {"kernel_fx", "kernel_fx.explain"}
-PUBLIC_FACE = ("kernel_fx", "kernel_fx.explain", "kernel_fx.cli", "kernel_fx.cli_hub", "kernel_fx.demo", "kernel_fx.integrations")
+PUBLIC_FACE = ("kernel_fx", "kernel_fx.explain", "kernel_fx.deploy", "kernel_fx.cli", "kernel_fx.cli_hub", "kernel_fx.demo", "kernel_fx.integrations")
 PATHS = ("kernel_fx.eager", "kernel_fx.compile")
 
 

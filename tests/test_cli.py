@@ -11,7 +11,7 @@ def kernel_fx(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "kernel_fx.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["report"], ["variants"], ["lock"], ["download"]], ids=lambda c: c[0] if c else "top")
+@pytest.mark.parametrize("command", [[], ["demo"], ["report"], ["export"], ["variants"], ["lock"], ["download"]], ids=lambda c: c[0] if c else "top")
 def test_help(command):
     out = kernel_fx(*command, "--help")
     assert out.returncode == 0 and "usage: kernel-fx" in out.stdout
