@@ -84,7 +84,13 @@ class Report:
             for row, d in zip(rows, self.decisions):
                 row.insert(8, "-" if d.measured is None else d.measured.short())
             headers.insert(8, "error (verify)")
-        return tabulate(rows, headers=headers, tablefmt=tablefmt, maxcolwidths=[None] * (len(headers) - 1) + [70])
+        others = [[(n, f) for n, f in d.figures if f is not d.measured] for d in self.decisions]
+        if any(others):  # what other checks measured, by check name
+            for row, found in zip(rows, others):
+                row.insert(len(row) - 1, "; ".join(f"{n}: {f}" for n, f in found) or "-")
+            headers.insert(len(headers) - 1, "checks")
+        return tabulate(rows, headers=headers, tablefmt=tablefmt, maxcolwidths=[None] * (len(headers) - 2) + [40, 70]
+                        if "checks" in headers else [None] * (len(headers) - 1) + [70])
 
     def render(self, fmt: str = "text", *, max_diff_lines: int = 12) -> str:
         """The whole report: decisions, then each compiled graph's op counts and site diffs.

@@ -21,6 +21,7 @@ Tolerance(rtol=0.05, atol=0.01)
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -226,25 +227,40 @@ def expected_output(original: Callable[..., Any], module: nn.Module, args: tuple
 
 
 def fake_output(fn: Callable[..., Any], module: nn.Module, args: tuple, kwargs: dict) -> Any:
-    """What `fn(module, *args, **kwargs)` returns, computed in the fake mode of `args` (fake values
-    while dynamo traces) on fake copies of the arguments and of the module's tensors: nothing is
-    computed or written. None when the arguments hold no fake tensor."""
-    from torch._guards import detect_fake_mode
-    from torch._subclasses.fake_tensor import FakeTensor
+    """What `fn(module, *args, **kwargs)` returns, computed on fakes in a fake mode of its own:
+    fake copies of the arguments (a symbolic size, as while dynamo traces, taken at its hint: the
+    check must add no guard to dynamo's shapes) and of the module's tensors; real tensors inside
+    other arguments (a copied KV cache) are read as fakes too. Nothing is computed or written.
+    None when a size has no hint."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import guarding_hint_or_throw
 
-    fake_mode = detect_fake_mode([t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, FakeTensor)])
-    if fake_mode is None:
-        return None
-    tensors = {f"module.{n}": fake_mode.from_tensor(t.detach()) for n, t in
-               [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]}
-    allowed = fake_mode.allow_non_fake_inputs
-    fake_mode.allow_non_fake_inputs = True  # real tensors in copied objects (a KV cache) read as constants
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+
+    def concrete(size: Any) -> int:
+        return int(guarding_hint_or_throw(size)) if isinstance(size, torch.SymInt) else int(size)
+
+    def fake(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        with mode:
+            return torch.empty_strided([concrete(s) for s in value.shape], [concrete(s) for s in value.stride()],
+                                       dtype=value.dtype, device=value.device)
+
     try:
-        with fake_mode, _reference(), torch.no_grad():
-            args, kwargs = pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, (args, kwargs))
+        args, kwargs = pytree.tree_map(fake, (args, kwargs))
+    except Exception:  # noqa: BLE001 - an unbacked size has no hint: nothing to compare
+        return None
+    tensors = {f"module.{n}": mode.from_tensor(t.detach()) for n, t in
+               [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]}
+    quiet = logging.getLogger("torch._subclasses.fake_tensor")  # a forward failing on fakes is an answer, not an error
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        with mode, _reference(), torch.no_grad():
             return torch.func.functional_call(_Call(module, fn), tensors, args, kwargs, tie_weights=False, strict=False)
     finally:
-        fake_mode.allow_non_fake_inputs = allowed
+        quiet.setLevel(level)
 
 
 def reference_output(original: Callable[..., Any], module: nn.Module, args: tuple, kwargs: dict,

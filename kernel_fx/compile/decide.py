@@ -184,7 +184,7 @@ def _chosen_at_trace_time(candidate: Candidate, graph_paths: set[str]) -> SiteDe
     site = candidate.site
     plan = trace_time.PLANS[site.trace_plan]
     found = trace_time.FINDINGS.get(site.trace_plan)
-    verdict = Verdict(found.rejected, ()) if found is None else Verdict(found.rejected, tuple((n, CheckResult(None, f)) for n, f in found.figures))
+    verdict = None if found is None else Verdict(found.rejected, tuple((n, CheckResult(None, f)) for n, f in found.figures))
     if plan.kernel is None:
         return SiteDecision(_decision(site, candidate, Outcome.ORIGINAL, plan.rejected, plan=plan, verdict=verdict))
     # The original was not traced: the marked calls it would make and the kernel does not are not
