@@ -8,7 +8,7 @@
 variant that fits the locking machine is locked.
 
 >>> parse_spec("org/act@v2")
-KernelSpec(repo_id='org/act', revision=None, version=2, variants=())
+KernelSpec(repo_id='org/act', revision=None, version=2, variants=(), dependency=False)
 >>> parse_spec("org/act@my-tag").revision
 'my-tag'
 """
