@@ -1,9 +1,7 @@
 """The `kernels` 0.19.1 tests kernel_fx fails on purpose or for a reason stated in the README's
 differences table: {test id: the row}. Each entry was checked against the failure's message."""
 
-FIRST_CALL = "the original runs on the first call (on fake tensors, for the output check): fixed by issue 19"
 NAMES = "the signature check compares parameter names: the kernel's forward takes x, the layer's input"
-NAMES_THEN_FIRST_CALL = NAMES + "; with the names equal, the original's first call remains (fixed by issue 19)"
 WRONG_OUTPUT = "a kernel whose output shape differs from the original's keeps the original (wrong output)"
 FUNC_NOT_MODULE = "a function decorated with use_kernel_forward_from_hub is not an nn.Module"
 FALLBACK = "use_fallback=True: every fallback, load failures included"
@@ -35,13 +33,10 @@ DOCUMENTED: dict[str, str] = {
     "test_func.py::test_deprecated_kernel_func": DEPRECATION,
     "test_func.py::test_decorator": FUNC_NOT_MODULE,
     "test_layer.py::test_locked_repository_restores_rust_objects": LOCK_TYPES,
-    **{f"test_layer_cpu.py::{t}": FIRST_CALL for t in (
-        "test_kernel_modes", "test_kernel_modes_inference", "test_kernel_modes_mixed", "test_kernel_modes_cross_fallback",
-        "test_fallback_used_when_training")},
     **{f"test_layer_cpu.py::{t}": NAMES for t in (
         "test_get_kernelized_layers_hub", "test_torch_compile_layer_without_fallback[cpu-SiluAndMulWithKernel]",
         "test_torch_compile_layer_without_fallback[cpu-SiluAndMulNoCompileKernel]")},
-    **{f"test_layer_cpu.py::{t}[{c}]": NAMES_THEN_FIRST_CALL for t in ("test_hub_forward", "test_hub_func")
+    **{f"test_layer_cpu.py::{t}[{c}]": NAMES for t in ("test_hub_forward", "test_hub_func")
        for c in ("SiluAndMulWithKernel", "SiluAndMulStringDevice")},
     "test_func.py::test_deprecated_func_repository": WRONG_OUTPUT,
     "test_func_cpu.py::test_kernel_func_with_layer": WRONG_OUTPUT,
