@@ -204,7 +204,9 @@ def demo_example() -> tuple[nn.Module, torch.Tensor]:
     return build_demo_model(config), torch.randint(0, config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
 
 
-def _import_object(spec: str) -> Any:
+def import_object(spec: str) -> Any:
+    """The object `MODULE:NAME` names (the current directory importable, as for `python -m`); also
+    what `kernel-fx export` reads its target and mapping with."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"{spec!r} is not MODULE:NAME (e.g. mypkg.models:build_model).")
@@ -220,12 +222,12 @@ def run_report(target: str, *, mapping: str | None, device: str | None, compile:
     import kernel_fx
     from kernel_fx.defaults import default_mapping
 
-    built = _import_object(target)()
+    built = import_object(target)()
     model, inputs = (built if isinstance(built, tuple) else (built, ()))
     if not isinstance(model, nn.Module):
         raise TypeError(f"{target} returned {type(model).__name__}; expected an nn.Module or (module, example inputs).")
     inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-    chosen = _import_object(mapping) if mapping else default_mapping()
+    chosen = import_object(mapping) if mapping else default_mapping()
     chosen = chosen() if callable(chosen) else chosen
     with kernel_fx.use_kernel_mapping(chosen):
         explained = kernel_fx.explain(model, *inputs, device=device, compile=compile and bool(inputs))

@@ -7,7 +7,6 @@ one (default: the kernels bundled with kernel_fx).
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from typing import IO, Any
@@ -15,6 +14,7 @@ from typing import IO, Any
 from torch import nn
 
 from ..defaults import default_mapping
+from ..demo.run import import_object
 from ..errors import ArgumentTypeError
 from ..mapping import use_kernel_mapping
 from .package import library_members, package
@@ -57,13 +57,3 @@ def model_and_inputs(built: Any, target: str) -> tuple[nn.Module, tuple, dict]:
     return model, args if isinstance(args, tuple) else tuple(args) if isinstance(args, list) else (args,), kwargs
 
 
-def import_object(spec: str) -> Any:
-    """The object `MODULE:NAME` names (the current directory importable, as for `python -m`)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ArgumentTypeError(f"{spec!r} is not MODULE:NAME (e.g. mypkg.models:build_model).")
-    sys.path.insert(0, ".")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    finally:
-        sys.path.pop(0)
