@@ -106,7 +106,10 @@ def test_generate_with_compile_config_hubkernels_matches_transformers_compile():
 
     report = kernel_fx.last_compile_report()
     kernels = {d.layer_name for d in report.decisions if d.uses_kernel}
-    assert {"RMSNorm", "GatedMLP", "AttentionCore", "rotary_pos_emb"} <= kernels
+    with kernel_fx.use_kernel_mapping(transformers_mapping()):  # what the same mapping gives eagerly
+        eager = kernel_fx.report(kernel_fx.kernelize(copy.deepcopy(model), device="cpu"))
+    assert kernels == {d.layer_name for d in eager.decisions if d.uses_kernel}
+    assert {"RMSNorm", "AttentionCore", "rotary_pos_emb"} <= kernels  # the MLP's name depends on who marked its class first
     assert {r.inner for r in report.graphs} == {"inductor (mode=reduce-overhead)"}  # the mode reached inductor
 
 
