@@ -1,7 +1,8 @@
 """Keep a layer's kernels only where the whole graph is faster with them: `options={"autotune": True}`.
 
 The sites a kernel was prepared for are grouped by layer name. Whole-graph variants are compiled by
-the inner compiler and timed on the real example inputs (copies of them), in this order:
+the inner compiler and timed on the real example inputs (copies of those the graph writes to; the
+gradients of a timed backward are returned, never accumulated in the model's), in this order:
 
     every kernel (the default pass) -> no kernel (the inner compiler alone) -> without each group
 
@@ -46,7 +47,7 @@ from ..decisions import Outcome, Reason, Rejected
 from ..graph_records import AutotuneResult, VariantTiming
 from .apply import apply
 from .prepare import first_line
-from .region import concrete, fresh_copy, isolated, moved, rng_restored
+from .region import concrete, fresh_copy, isolated, moved, rng_restored, written_inputs
 from .sites import example_value
 
 if TYPE_CHECKING:
@@ -140,7 +141,12 @@ def tune(gm: fx.GraphModule, example_inputs: Sequence[Any], decided: Sequence[Si
     except Exception as exc:  # noqa: BLE001 - compile as without autotune, and say why
         return _untimed(f"not timed: the example inputs have no values ({type(exc).__name__}: {first_line(exc)})")
     grad = torch.is_grad_enabled() and _needs_grad(gm)
-    args = [fresh_copy(v, grad and isinstance(v, torch.Tensor) and v.requires_grad) for v in values]
+    try:  # the model's own tensors, but copies of those the graph writes to (a buffer's add_)
+        written = written_inputs(gm, [n for n in gm.graph.nodes if n.op == "placeholder"])
+    except ValueError as exc:
+        return _untimed(f"not timed: {exc}")
+    args = [fresh_copy(v, grad and v.requires_grad) if i in written and isinstance(v, torch.Tensor) else v
+            for i, v in enumerate(values)]
     device = next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
     variants: list[VariantTiming] = []
     runs: list[Callable[[], None]] = []
@@ -240,12 +246,11 @@ def _compiled_run(gm: fx.GraphModule, compile_fn: Compiler, args: list[Any], gra
         with torch.no_grad():
             fn(*args)
 
-    def forward_backward() -> None:
+    def forward_backward() -> None:  # autograd.grad: the gradients are returned, no `.grad` of the model's is touched
         with torch.enable_grad():
-            for leaf in leaves:
-                leaf.grad = None
             outs = [o for o in fn(*args) if isinstance(o, torch.Tensor) and o.requires_grad]
-            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+            if outs and leaves:
+                torch.autograd.grad(outs, leaves, [torch.ones_like(o) for o in outs], allow_unused=True)
 
     run = forward_backward if grad else forward
     with isolated(), (torch.enable_grad() if grad else torch.no_grad()):

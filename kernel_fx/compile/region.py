@@ -51,7 +51,7 @@ def run_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], needed: set[fx.
     if any(isinstance(a, FakeTensor) for a in args):
         raise ValueError("the example inputs are fake tensors")
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for i in _written_inputs(gm, placeholders):  # leave the model's parameters and buffers as they are
+    for i in written_inputs(gm, placeholders):  # leave the model's parameters and buffers as they are
         args[i] = args[i].detach().clone(memory_format=torch.preserve_format)
     capture = _Capture(gm, needed)
     with isolated(), torch.no_grad(), rng_restored(args):
@@ -103,7 +103,7 @@ def _written(node: fx.Node) -> list[Any]:
     return [w for w in written if isinstance(w, fx.Node)]
 
 
-def _written_inputs(gm: fx.GraphModule, placeholders: list[fx.Node]) -> set[int]:
+def written_inputs(gm: fx.GraphModule, placeholders: list[fx.Node]) -> set[int]:
     """Positions of the graph inputs an op may write to, through any chain of first arguments
     (views, getitems): cloning one too many costs memory, one too few would change the model."""
     position = {n: i for i, n in enumerate(placeholders)}
