@@ -101,7 +101,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _median_ms(fns, x, rounds=7, reps=5):
+def _median_ms(fns, x, rounds=15, reps=5):
     """Median milliseconds of each of `fns` on `x`, over rounds that alternate between them."""
     samples = [[] for _ in fns]
     for _ in range(rounds):
@@ -132,6 +132,8 @@ def test_whole_graph_decides_and_is_never_slower_than_the_better_opponent(layer,
             compiled[label] = (fn, backend)
         inductor_ms, default_ms, tuned_ms = _median_ms([fn for fn, _ in compiled.values()], x)
     backend = compiled["autotune"][1]
+    print(f"{name}: inductor {inductor_ms:.3f} ms, default {default_ms:.3f} ms, autotune {tuned_ms:.3f} ms;",
+          ", ".join(f"{v.name} {v.ms:.3f} ms (compile {v.compile_s:.2f} s)" for v in backend.records[0].autotune_variants))
     decision, = backend.report.decisions
     record, = backend.records
     every, none = record.autotune_variants
@@ -151,8 +153,10 @@ def test_whole_graph_decides_and_is_never_slower_than_the_better_opponent(layer,
                             decision.rejected.detail)
         assert none.chosen and not every.chosen and every.ms > 1.5 * none.ms
         assert record.after.ops == record.before.ops and not record.site_diffs  # nothing substituted
-    # never slower than the better of inductor alone and the default pass, beyond noise
-    assert tuned_ms <= 1.3 * min(inductor_ms, default_ms), (tuned_ms, inductor_ms, default_ms)
+    # never slower than the better of inductor alone and the default pass, beyond noise: the worse
+    # of the two is several times slower, so a wrong choice could not hide in this margin
+    assert tuned_ms <= 1.5 * min(inductor_ms, default_ms), (tuned_ms, inductor_ms, default_ms)
+    assert max(inductor_ms, default_ms) > 2 * min(inductor_ms, default_ms), (inductor_ms, default_ms)
 
 
 def test_each_layer_name_decided_on_its_own_when_the_budget_allows(mapping, monkeypatch, one_thread):
