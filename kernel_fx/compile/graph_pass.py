@@ -87,12 +87,15 @@ def run_pass(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options
         checks = ordered((*DEFAULT_CHECKS, *options.checks))
     requires(gm)
     before = GraphSnapshot.of(gm, keep=True)
+    # Checkpointed layers and cond branches first: their sites, decided alike (not autotuned), so that
+    # the outer graph's autotune compiles them as they will run, without markers.
+    bodies = _bodies(gm, example_inputs)
+    in_bodies = [_one_graph(body, inputs, replace(options, autotune=False), frame, compile_fn, inner, checks) for body, inputs in bodies]
     decided, diffs, tuning = _one_graph(gm, example_inputs, options, frame, compile_fn, inner, checks)
-    for body, inputs in _bodies(gm, example_inputs):  # checkpointed layers: their sites, decided alike
-        inner_decided, inner_diffs, _ = _one_graph(body, inputs, replace(options, autotune=False), frame, compile_fn, inner, checks)
+    for inner_decided, inner_diffs, _ in in_bodies:
         decided += inner_decided
         diffs += inner_diffs
-    if _bodies(gm, example_inputs):
+    if bodies:
         gm.recompile()
     ensures(gm)
     record = GraphRecord(

@@ -326,3 +326,34 @@ def test_a_variant_that_does_not_compile_is_not_chosen(mapping):
     every, none = record.autotune_variants
     assert every.chosen and none.note == "not compiled (RuntimeError: cannot compile this one)" and none.ms is None
     assert backend.report.decisions[0].outcome is Outcome.KERNEL
+
+
+def test_checkpointed_bodies_are_rewritten_before_the_graph_is_timed(mapping):
+    from torch.utils.checkpoint import checkpoint
+
+    from kernel_fx import markers
+
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.outer = Scale(), Relu50()
+
+        def forward(self, x):
+            return self.outer(checkpoint(self.inner, x, use_reentrant=False))
+
+    seen = []
+
+    def inner(gm, example_inputs):  # what the inner compiler gets, bodies included, for every variant
+        seen.append([n for m in gm.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes
+                     if n.op == "call_function" and markers.is_marker(n.target)])
+        return gm.forward
+
+    model = Checkpointed().train()
+    x = torch.randn(8, 8, requires_grad=True)
+    backend = HubKernelsBackend(inner=inner, autotune=True)
+    with use_kernel_mapping(mapping(Relu50=ONE_RELU, Scale=slow_scale())):
+        torch.compile(model, backend=backend)(x).sum().backward()
+    assert len(seen) >= 2 and not any(seen)  # timed variants and the final graph: no marker op left in a body
+    record, = backend.records
+    assert {d.layer_name for d in record.decisions} == {"Scale", "Relu50"}
+    assert [r.kernel for r in record.autotune] == ["Relu50"]  # the body's sites are decided, not autotuned
