@@ -28,7 +28,10 @@ data: `Tuning` (returned by `tune`, never read back from shared state) gives the
 variant), and each site's decision its figures under the name `faster_in_graph`.
 
 A graph whose default variant cannot be compiled or timed is compiled as without the option, with
-`GraphRecord.autotune_note` saying why.
+`GraphRecord.autotune_note` saying why. Known gap: a graph traced with dynamic shapes gets the
+example inputs' sizes as plain numbers, which inductor (torch 2.13) does not compile
+(`DataDependentOutputException`): such graphs keep every kernel, with that note; "eager" and
+"aot_eager" time them.
 """
 
 from __future__ import annotations

@@ -357,3 +357,16 @@ def test_checkpointed_bodies_are_rewritten_before_the_graph_is_timed(mapping):
     record, = backend.records
     assert {d.layer_name for d in record.decisions} == {"Scale", "Relu50"}
     assert [r.kernel for r in record.autotune] == ["Relu50"]  # the body's sites are decided, not autotuned
+
+
+def test_dynamic_shapes_are_timed_at_the_example_sizes(mapping):
+    model = nn.Sequential(Scale()).eval()
+    backend = HubKernelsBackend(inner="eager", autotune=True)
+    with use_kernel_mapping(mapping(Scale=slow_scale())), torch.no_grad():
+        compiled = torch.compile(model, backend=backend, dynamic=True)
+        for n in (4, 6, 9):
+            x = torch.randn(n, 8)
+            torch.testing.assert_close(compiled(x), model(x))
+    for record in backend.records:
+        assert [v.name for v in record.autotune_variants if v.ms is not None] == ["every kernel", "no kernel"]
+        assert record.autotune_note is None
