@@ -370,3 +370,15 @@ def test_dynamic_shapes_are_timed_at_the_example_sizes(mapping):
     for record in backend.records:
         assert [v.name for v in record.autotune_variants if v.ms is not None] == ["every kernel", "no kernel"]
         assert record.autotune_note is None
+
+
+@pytest.mark.parametrize("inner", ["eager", "aot_eager"])
+def test_being_slower_is_a_choice_not_a_fallback(inner, mapping):
+    model = nn.Sequential(nn.Linear(8, 8), Scale()).eval()
+    x = torch.randn(64, 8)
+    backend = HubKernelsBackend(inner=inner, autotune=True, use_fallback=False)  # would raise on a fallback
+    with use_kernel_mapping(mapping(Scale=slow_scale())), torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend=backend)(x), model(x))
+    decision, = backend.report.decisions
+    assert decision.outcome is Outcome.ORIGINAL and decision.rejected.reason is Reason.SLOWER_THAN_ORIGINAL
+    assert decision.rejected.detail.endswith(f"original ({inner})")
