@@ -70,6 +70,7 @@ _MAX_REPS = 500
 Compiler = Callable[[fx.GraphModule, list[Any]], Callable[..., Any]]
 EVERY_KERNEL = "every kernel"
 NO_KERNEL = "no kernel"
+LEFT_OUT = "left out: compile budget"
 
 
 @dataclass(frozen=True)
@@ -151,38 +152,49 @@ def tune(gm: fx.GraphModule, example_inputs: Sequence[Any], decided: Sequence[Si
     args = [fresh_copy(v, grad and v.requires_grad) if i in written and isinstance(v, torch.Tensor) else v
             for i, v in enumerate(values)]
     device = next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
-    variants: list[VariantTiming] = []
-    runs: list[Callable[[], None]] = []
-    timed: list[int] = []
     with rng_restored(values):
-        spent, first = 0.0, None
-        for name, without in plan:
-            if first is not None and spent + spent / len(timed) > (COMPILE_BUDGET - 1) * first:
-                variants.append(VariantTiming(name, without, note="left out: compile budget"))
-                continue
-            subs = [s for g, ss in groups.items() if g not in without for s in ss]
-            start = time.perf_counter()
-            try:
-                runs.append(_compiled_run(_variant(gm, subs), compile_fn, args, grad))
-            except Exception as exc:  # noqa: BLE001 - a variant that does not compile is not chosen
-                if first is None:
-                    return _untimed(f"not timed: compiling the graph failed ({type(exc).__name__}: {first_line(exc)})")
-                logger.warning("kernel_fx autotune: compiling %s failed: %s", name, exc)
-                variants.append(VariantTiming(name, without, note=f"not compiled ({type(exc).__name__}: {first_line(exc)})"))
-                continue
-            seconds = time.perf_counter() - start
-            spent += seconds
-            first = first if first is not None else seconds
-            timed.append(len(variants))
-            variants.append(VariantTiming(name, without, compile_s=seconds))
+        compiled = _compile_variants(gm, plan, groups, compile_fn, args, grad)
+        if isinstance(compiled, str):
+            return _untimed(compiled)
+        variants, runs = compiled
         try:
             medians = _race(runs, device)
         except Exception as exc:  # noqa: BLE001 - keep every kernel, as without autotune, and say why
             logger.warning("kernel_fx autotune: timing failed: %s", exc)
             return _untimed(f"not timed ({type(exc).__name__}: {first_line(exc)})")
+    timed = [i for i, v in enumerate(variants) if v.compile_s is not None]
     for i, ms in zip(timed, medians):
         variants[i] = replace(variants[i], ms=ms, timed="forward+backward" if grad else "forward")
     return _choose(variants, groups, inner)
+
+
+def _compile_variants(gm: fx.GraphModule, plan: list[tuple[str, tuple[str, ...]]], groups: dict[str, list[Substitution]],
+                      compile_fn: Compiler, args: list[Any], grad: bool) -> tuple[list[VariantTiming], list[Callable[[], None]]] | str:
+    """Each planned variant compiled while the budget allows (see the module docstring), as a
+    `VariantTiming` and, for those compiled, a function that runs it; or why none could be."""
+    variants: list[VariantTiming] = []
+    runs: list[Callable[[], None]] = []
+    spent, first = 0.0, None
+    for name, without in plan:
+        if first is not None and spent + spent / len(runs) > (COMPILE_BUDGET - 1) * first:
+            variants.append(VariantTiming(name, without, note=LEFT_OUT))
+            continue
+        subs = [s for g, ss in groups.items() if g not in without for s in ss]
+        start = time.perf_counter()
+        try:
+            runs.append(_compiled_run(_variant(gm, subs), compile_fn, args, grad))
+        except Exception as exc:  # noqa: BLE001 - a variant that does not compile is not chosen
+            if first is None:
+                return f"not timed: compiling the graph failed ({type(exc).__name__}: {first_line(exc)})"
+            spent += time.perf_counter() - start
+            logger.warning("kernel_fx autotune: compiling %s failed: %s", name, exc)
+            variants.append(VariantTiming(name, without, note=f"not compiled ({type(exc).__name__}: {first_line(exc)})"))
+            continue
+        seconds = time.perf_counter() - start
+        spent += seconds
+        first = first if first is not None else seconds
+        variants.append(VariantTiming(name, without, compile_s=seconds))
+    return variants, runs
 
 
 def _untimed(note: str) -> Tuning:
@@ -216,7 +228,7 @@ def _choose(variants: list[VariantTiming], groups: dict[str, list[Substitution]]
         labels = tuple(f"{s.site.path or '<root>'} #{s.site.call_index}" for s in subs)
         results.append(AutotuneResult(group, compared, with_ms, without_ms, kept, labels, default.timed))
         logger.info("kernel_fx autotune %s: %s", group, timing)
-    left_out = [v.name for v in variants if v.ms is None]
+    left_out = [v.name for v in variants if v.note == LEFT_OUT]
     note = f"variants not timed: {', '.join(left_out)} (compile budget {COMPILE_BUDGET:g}x the default's)" if left_out else None
     return Tuning(tuple(variants), tuple(results), refused, figures, note)
 
