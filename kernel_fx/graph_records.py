@@ -105,13 +105,13 @@ class SiteDiff:
 
 @dataclass(frozen=True)
 class AutotuneResult:
-    """One distinct call timed by `autotune=True`: the same kernel on the same input shapes,
-    strides and dtypes, with or without a backward. Medians in milliseconds of the kernel's
-    substitution and of the original region, both compiled by the inner compiler; `kept` when
-    the kernel won. `sites` are the calls this decided (`path #call`); `note` says why a group
-    was not timed (its kernel then stays).
+    """One group of sites (a layer name) decided by `autotune=True` from whole-graph timings:
+    the graph's median in milliseconds with the group's kernels (`kernel_ms`) and without them
+    (`original_ms`; None when no variant without them was timed), every variant compiled by the
+    inner compiler; `kept` when the group's kernels run. `shapes` names the two variants compared;
+    `sites` the calls this decided (`path #call`); `note` says why a group was not timed.
 
-    >>> r = AutotuneResult("SiluAndMul", "float32[4, 16]", 0.02, 0.05, True, ("mlp.act #0",))
+    >>> r = AutotuneResult("SiluAndMul", "every kernel vs no kernel", 0.02, 0.05, True, ("mlp.act #0",))
     >>> round(r.speedup, 2), r.as_dict()["timed"]
     (2.5, 'forward')
     """
@@ -136,6 +136,34 @@ class AutotuneResult:
         return {"kernel": self.kernel, "shapes": self.shapes, "timed": self.timed, "kernel_ms": self.kernel_ms,
                 "original_ms": self.original_ms, "speedup": self.speedup, "kept": self.kept,
                 "sites": list(self.sites), "note": self.note}
+
+
+@dataclass(frozen=True)
+class VariantTiming:
+    """One whole-graph variant `autotune=True` compiled and timed.
+
+    Attributes:
+        name: "every kernel" (the default pass), "no kernel" (the inner compiler alone) or
+            "without <layer name>".
+        without: the layer names whose kernels this variant leaves out.
+        compile_s: seconds the inner compiler took (with the warm-up runs); None if not compiled.
+        ms: median milliseconds of one run; None if not timed.
+        timed: "forward" or "forward+backward".
+        chosen: the variant the graph is compiled as.
+        note: why it was not compiled or timed (the compile budget, an error).
+    """
+
+    name: str
+    without: tuple[str, ...] = ()
+    compile_s: float | None = None
+    ms: float | None = None
+    timed: str = "forward"
+    chosen: bool = False
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "without": list(self.without), "compile_s": self.compile_s, "ms": self.ms,
+                "timed": self.timed, "chosen": self.chosen, "note": self.note}
 
 
 class GraphSnapshot:
@@ -188,7 +216,8 @@ class GraphRecord:
     inner: str = ""
     site_diffs: list[SiteDiff] = field(default_factory=list)
     autotune: list[AutotuneResult] = field(default_factory=list)
-    autotune_note: str | None = None  # why nothing in this graph was timed, with autotune=True
+    autotune_variants: list[VariantTiming] = field(default_factory=list)  # autotune=True: every whole-graph variant
+    autotune_note: str | None = None  # autotune=True: why nothing was timed, or which variants the budget left out
 
     @property
     def nodes_removed(self) -> list[str]:
@@ -221,5 +250,6 @@ class GraphRecord:
             "decisions": [d.as_dict() for d in self.decisions],
             "site_diffs": [d.as_dict() for d in self.site_diffs],
             "autotune": [r.as_dict() for r in self.autotune],
+            "autotune_variants": [v.as_dict() for v in self.autotune_variants],
             "autotune_note": self.autotune_note,
         }

@@ -152,16 +152,23 @@ def _render_autotune(graph: GraphRecord, tablefmt: str, fmt: str) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.4g}"
 
+    notes = any(r.note for r in graph.autotune)
     rows = [
         [r.kernel, r.shapes, r.timed, ms(r.kernel_ms), ms(r.original_ms),
          "-" if r.speedup is None else f"{r.speedup:.2f}x", "kernel" if r.kept else "original", _sites(r.sites)]
-        + ([r.note or "-"] if any(x.note for x in graph.autotune) else [])
+        + ([r.note or "-"] if notes else [])
         for r in graph.autotune
     ]
-    headers = ["kernel", "inputs", "timed", "kernel ms", "original ms", "speedup", "runs", "sites"]
-    headers += ["note"] if any(r.note for r in graph.autotune) else []
-    title = f"autotune: medians, both compiled by {graph.inner or '-'}"
-    return ("**" + title + "**" if fmt == "markdown" else title) + "\n\n" + tabulate(rows, headers=headers, tablefmt=tablefmt)
+    headers = ["kernel", "compared", "timed", "with ms", "without ms", "speedup", "runs", "sites"] + (["note"] if notes else [])
+    title = f"autotune: whole-graph medians, every variant compiled by {graph.inner or '-'}"
+    parts = [("**" + title + "**" if fmt == "markdown" else title), tabulate(rows, headers=headers, tablefmt=tablefmt)]
+    if graph.autotune_variants:
+        variants = [[v.name, ms(v.compile_s and v.compile_s * 1e3), ms(v.ms), "yes" if v.chosen else "", v.note or ""]
+                    for v in graph.autotune_variants]
+        parts.append(tabulate(variants, headers=["variant", "compile ms", "run ms", "chosen", "note"], tablefmt=tablefmt))
+    if graph.autotune_note:
+        parts.append(f"autotune: {graph.autotune_note}")
+    return "\n\n".join(parts)
 
 
 def _sites(sites: tuple[str, ...], shown: int = 3) -> str:

@@ -15,9 +15,10 @@ Options (`torch.compile(..., options={...})` or `HubKernelsBackend(...)`):
                   TRAINING where autograd records through the call, else INFERENCE
     device        device type to resolve kernels for; default: the site's tensors' device
     use_fallback  False: raise instead of keeping an original forward (as kernelize)
-    autotune      True: time each distinct call with its kernel against its original region,
-                  both compiled by the inner compiler on the real example inputs, and keep the
-                  kernel only where it is faster (see autotune.py; the pass then takes longer)
+    autotune      True: compile and time the whole graph with every kernel, with none, and
+                  without each layer name's kernels (as the compile budget allows: at most 3x
+                  the default's compile), on the real example inputs, and keep a layer name's
+                  kernels only where the graph is faster with them (see autotune.py)
     verify        True (or a dict of tolerances {dtype: (rtol, atol)}, or a kernel_fx.Verify): run
                   each distinct call's kernel against the original forward (float64 where it
                   runs so) on the real example inputs and keep it only within the tolerance;

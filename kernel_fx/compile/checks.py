@@ -1,8 +1,10 @@
 """The checks of the compiled graph pass, in declared phases: the graph pass's own (the call's
-module found, binding exact, DTensor placements, the kernel put in, autotune) and the checks every
+module found, binding exact, DTensor placements, the kernel put in) and the checks every
 path shares (`kernel_fx.checks.SHARED_CHECKS`: wrong output, numerically different). Each is a
 `kernel_fx.checks.Check` run on a `Candidate` (the site as the graph pass sees it); the first
-rejection wins, and every result is recorded by check name in the site's `Decision`.
+rejection wins, and every result is recorded by check name in the site's `Decision`. Autotune is
+not a per-site check: it times whole graphs after every site is decided (`autotune.tune`), and
+records its figures in the decisions under `faster_in_graph`.
 
 A new check for every path is one file in `kernel_fx/checks/` and one line in `SHARED_CHECKS`;
 one for this pass only is one file here and one line in `DEFAULT_CHECKS`.
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 from ..checks import SHARED_CHECKS, Check, Phase, check, ordered
 from ..decisions import DISABLED, Rejected
-from .autotune import faster_than_original
 from .decide import Candidate
 from .dtensor_inputs import dtensor_inputs
 from .prepare import Substitution
@@ -59,5 +60,4 @@ DEFAULT_CHECKS: tuple[Check, ...] = ordered((
     Check("dtensor_inputs", Phase.PLAN, dtensor_inputs, frozenset(COMPILED)),  # tensor parallel: as the kernel declares
     prepares,
     *SHARED_CHECKS,  # wrong_output; numerically_different (verify=True)
-    Check("faster_than_original", Phase.SUBSTITUTION, faster_than_original, frozenset(COMPILED)),  # autotune=True
 ))

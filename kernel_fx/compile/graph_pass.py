@@ -1,6 +1,7 @@
 """The hubkernels graph pass as named steps, in the order data flows:
 
     find_sites (sites.py, pure) -> decide (decide.py + checks.py; prepares substitutions, pure)
+        -> tune (autotune.py, with autotune=True: whole-graph timings; returns a `Tuning`, pure)
         -> apply (apply.py, the only mutator) -> GraphRecord
 
 `requires` and `ensures` state what holds before and after: dynamo's graph comes in linted, and
@@ -22,7 +23,7 @@ from ..checks import Check, ordered
 from ..graph_records import GraphRecord, GraphSnapshot, SiteDiff, SubstitutionKind, op_lines
 from ..report import Report
 from .apply import apply
-from .autotune import MEMO_KEY as AUTOTUNE
+from .autotune import Tuning, tune
 from .checks import DEFAULT_CHECKS
 from .decide import Compiler, PassContext, SiteDecision, decide
 from .frame import FrameInfo, current_compile_id
@@ -86,12 +87,15 @@ def run_pass(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options
         checks = ordered((*DEFAULT_CHECKS, *options.checks))
     requires(gm)
     before = GraphSnapshot.of(gm, keep=True)
-    decided, diffs, tuner = _one_graph(gm, example_inputs, options, frame, compile_fn, inner, checks)
-    for body, inputs in _bodies(gm, example_inputs):  # checkpointed layers: their sites, decided alike
-        inner_decided, inner_diffs, _ = _one_graph(body, inputs, replace(options, autotune=False), frame, compile_fn, inner, checks)
+    # Checkpointed layers and cond branches first: their sites, decided alike (not autotuned), so that
+    # the outer graph's autotune compiles them as they will run, without markers.
+    bodies = _bodies(gm, example_inputs)
+    in_bodies = [_one_graph(body, inputs, replace(options, autotune=False), frame, compile_fn, inner, checks) for body, inputs in bodies]
+    decided, diffs, tuning = _one_graph(gm, example_inputs, options, frame, compile_fn, inner, checks)
+    for inner_decided, inner_diffs, _ in in_bodies:
         decided += inner_decided
         diffs += inner_diffs
-    if _bodies(gm, example_inputs):
+    if bodies:
         gm.recompile()
     ensures(gm)
     record = GraphRecord(
@@ -102,8 +106,9 @@ def run_pass(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options
         decisions=[decision for d in decided for decision in d.decisions],
         inner=inner,
         site_diffs=diffs,
-        autotune=tuner.results if tuner is not None else [],
-        autotune_note=tuner.note if tuner is not None else None,
+        autotune=list(tuning.results),
+        autotune_variants=list(tuning.variants),
+        autotune_note=tuning.note,
     )
     record.pass_seconds = time.perf_counter() - start
     logger.info("kernel_fx hubkernels graph %s: %s", record.index, Report(record.decisions).summary())
@@ -111,13 +116,15 @@ def run_pass(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options
 
 
 def _one_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options, frame: FrameInfo, compile_fn: Compiler,
-               inner: str, checks: Sequence[Check]) -> tuple[list[SiteDecision], list[SiteDiff], Any]:
+               inner: str, checks: Sequence[Check]) -> tuple[list[SiteDecision], list[SiteDiff], Tuning]:
     sites = find_sites(gm, example_inputs, frame)
     context = PassContext(options, gm, example_inputs, sites, compile_fn, inner)
     decided = decide(sites, context, checks)
+    tuning = tune(gm, example_inputs, decided, compile_fn, inner) if options.autotune else Tuning()
+    decided = tuning.applied_to(decided)
     traced_in = [_traced_in_diff(d.traced_in) for d in decided if d.traced_in is not None]  # before apply erases markers
     diffs = apply(gm, [d.substitution for d in decided if d.substitution is not None])
-    return decided, traced_in + diffs, context.memos.get(AUTOTUNE)
+    return decided, traced_in + diffs, tuning
 
 
 def _traced_in_diff(site: Site) -> SiteDiff:

@@ -7,6 +7,7 @@ that must see numbers (autotune's timings, output checks).
 - `region_inputs(site)`, `region_graph(site, inputs, values)` and
   `region_with_kernel(substitution, inputs, values)` cut a call's nodes out as a small graph of
   their own, as traced or with the kernel put in exactly as `apply` puts it in the whole graph.
+- `moved(substitution, env)` is a substitution for a copy of its graph (autotune's whole-graph variants).
 - `isolated()` runs and compiles such small graphs in the middle of dynamo's compile of the big one.
 """
 
@@ -46,11 +47,11 @@ def run_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], needed: set[fx.
     """The values of `needed`, from one eager run of the graph (not yet rewritten) on real inputs."""
     from torch._subclasses.fake_tensor import FakeTensor
 
-    args = [_concrete(x) for x in example_inputs]
+    args = [concrete(x) for x in example_inputs]
     if any(isinstance(a, FakeTensor) for a in args):
         raise ValueError("the example inputs are fake tensors")
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for i in _written_inputs(gm, placeholders):  # leave the model's parameters and buffers as they are
+    for i in written_inputs(gm, placeholders):  # leave the model's parameters and buffers as they are
         args[i] = args[i].detach().clone(memory_format=torch.preserve_format)
     capture = _Capture(gm, needed)
     with isolated(), torch.no_grad(), rng_restored(args):
@@ -58,7 +59,7 @@ def run_graph(gm: fx.GraphModule, example_inputs: Sequence[Any], needed: set[fx.
     return capture.values
 
 
-def _concrete(value: Any) -> Any:
+def concrete(value: Any) -> Any:
     """A symbolic size or scalar dynamo passes as an example input, as the number it stands for."""
     if isinstance(value, torch.SymInt):
         from torch.fx.experimental.symbolic_shapes import optimization_hint
@@ -102,7 +103,7 @@ def _written(node: fx.Node) -> list[Any]:
     return [w for w in written if isinstance(w, fx.Node)]
 
 
-def _written_inputs(gm: fx.GraphModule, placeholders: list[fx.Node]) -> set[int]:
+def written_inputs(gm: fx.GraphModule, placeholders: list[fx.Node]) -> set[int]:
     """Positions of the graph inputs an op may write to, through any chain of first arguments
     (views, getitems): cloning one too many costs memory, one too few would change the model."""
     position = {n: i for i, n in enumerate(placeholders)}
@@ -232,6 +233,17 @@ def _fill_meta(gm: fx.GraphModule, values: list[Any]) -> None:
 def region_with_kernel(sub: Substitution, outside: list[fx.Node], values: list[Any]) -> fx.GraphModule:
     """The region with the kernel substituted the way `apply` does it in the whole graph."""
     gm, env = region_graph(sub.site, outside, values)
+    here = moved(sub, env)
+    how, traced = sub.how, None
+    if how is SubstitutionKind.TRACED:  # retrace on this graph's fake values; a kernel call traces to the same ops
+        found = trace_kernel(sub.forward, sub.spec, [example_value(n) for n in here.inputs])
+        how, traced = (SubstitutionKind.CALL, None) if isinstance(found, Exception) else (SubstitutionKind.TRACED, found)
+    apply(gm, [replace(here, how=how, traced=traced)])
+    return gm
+
+
+def moved(sub: Substitution, env: dict[fx.Node, fx.Node]) -> Substitution:
+    """`sub` for a copy of its graph, `env` mapping each node to its copy."""
     site = sub.site
 
     def move(value: Any) -> Any:
@@ -247,14 +259,8 @@ def region_with_kernel(sub: Substitution, outside: list[fx.Node], values: list[A
         tensors={k: env[v] for k, v in binding.tensors.items()},
         scalars={k: env[v] for k, v in binding.scalars.items()},
     )
-    moved = replace(site, nodes=tuple(env[n] for n in site.nodes), binding=moved_binding)
-    inputs = tuple(env[n] for n in sub.inputs)
-    how, traced = sub.how, None
-    if how is SubstitutionKind.TRACED:  # retrace on this graph's fake values; a kernel call traces to the same ops
-        found = trace_kernel(sub.forward, sub.spec, [example_value(n) for n in inputs])
-        how, traced = (SubstitutionKind.CALL, None) if isinstance(found, Exception) else (SubstitutionKind.TRACED, found)
-    apply(gm, [replace(sub, site=moved, inputs=inputs, how=how, traced=traced)])
-    return gm
+    moved_site = replace(site, nodes=tuple(env[n] for n in site.nodes), binding=moved_binding)
+    return replace(sub, site=moved_site, inputs=tuple(env[n] for n in sub.inputs))
 
 
 def node_requires_grad(node: fx.Node) -> bool:

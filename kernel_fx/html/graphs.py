@@ -1,6 +1,6 @@
 """One section per compiled graph: what dynamo handed over, what the pass changed (op counts
 before and after), each substituted call side by side (original ops | kernel ops, collapsed in a
-`<details>`, so a 32-layer graph stays one screen), and autotune's timings when it ran.
+`<details>`, so a 32-layer graph stays one screen), and autotune's whole-graph timings when it ran.
 
 >>> from kernel_fx.graph_records import SiteDiff, SubstitutionKind
 >>> d = SiteDiff("norm", 0, "RMSNorm", SubstitutionKind.TRACE_TIME, ("a = torch.rsqrt(x)",), ("b = aten.rsqrt.default(x)",))
@@ -54,20 +54,24 @@ def _autotune(graph: GraphRecord, chart_id: str) -> str:
     if not graph.autotune:
         return f'<p class="note">autotune: {escape(graph.autotune_note)}</p>' if graph.autotune_note else ""
     bars = []
+    for v in graph.autotune_variants:  # the whole graph, one bar per variant timed
+        if v.ms is not None:
+            detail = f"{v.timed}; compile {v.compile_s or 0:.2f} s" + ("; chosen" if v.chosen else "")
+            series = ("original" if v.name == "no kernel" else "kernel") + (" kept" if v.chosen else "")
+            bars.append(Bar(f"graph, {v.name}", v.ms, series=series, detail=detail))
     names = Counter(r.kernel for r in graph.autotune)
     seen: Counter[str] = Counter()
+    rows = []
     for r in graph.autotune:
-        seen[r.kernel] += 1  # the same kernel timed on other shapes: numbered, shapes in the tooltip
+        seen[r.kernel] += 1
         name = r.kernel + (f" ({seen[r.kernel]})" if names[r.kernel] > 1 else "")
-        detail = f"{r.shapes}, {r.timed}, {len(r.sites)} call{'s' if len(r.sites) != 1 else ''}; runs the {'kernel' if r.kept else 'original'}"
-        if r.kernel_ms is not None:
-            bars.append(Bar(f"{name}: kernel", r.kernel_ms, series="kernel" + (" kept" if r.kept else ""), detail=detail))
-        if r.original_ms is not None:
-            bars.append(Bar(f"{name}: original", r.original_ms, series="original" + ("" if r.kept else " kept"), detail=detail))
-    notes = "".join(f"<li>{escape(r.kernel)} {escape(r.shapes)}: {escape(r.note)}</li>" for r in graph.autotune if r.note)
-    title = f"autotune: medians in ms, both compiled by {graph.inner or '-'}; the kept variant is outlined"
+        runs = "kernel" if r.kept else "original"
+        rows.append(f"<li>{escape(name)}: {escape(r.shapes)}, {len(r.sites)} call{'s' if len(r.sites) != 1 else ''}; runs the {runs}"
+                    + (f" ({escape(r.note)})" if r.note else "") + "</li>")
+    note = f'<p class="note">autotune: {escape(graph.autotune_note)}</p>' if graph.autotune_note else ""
+    title = f"autotune: whole-graph medians in ms, every variant compiled by {graph.inner or '-'}; the chosen one is outlined"
     chart = bar_chart(bars, unit="ms", chart_id=chart_id, title=title) if bars else ""
-    return f'<h4>{escape(title)}</h4>{chart}' + (f"<ul>{notes}</ul>" if notes else "")
+    return f'<h4>{escape(title)}</h4>{chart}<ul>{"".join(rows)}</ul>{note}'
 
 
 def graph_section(report: str, graph: GraphRecord, chart_id: str) -> str:

@@ -58,7 +58,7 @@ def _row(report: str, d: Decision, timed: AutotuneResult | None, with_report: bo
     if with_timing:
         text = "-" if timed is None else f"{_ms(timed.kernel_ms)} / {_ms(timed.original_ms)}"
         sort = -1 if timed is None or timed.kernel_ms is None else timed.kernel_ms
-        cells.append(_cell(text, sort=sort, title="" if timed is None else f"{timed.kernel} on {timed.shapes}, {timed.timed}"))
+        cells.append(_cell(text, sort=sort, title="" if timed is None else f"{timed.kernel}, whole graph: {timed.shapes}, {timed.timed}"))
     cells.append(_reason_cell(d))
     reason = "" if d.rejected is None else d.rejected.reason.value
     return (f'<tr class="site" data-report="{escape(report)}" data-outcome="{escape(d.outcome.value)}" '
@@ -94,7 +94,7 @@ def sites_table(decisions: Mapping[str, Sequence[Decision]], graphs: Mapping[str
     with_error = any(d.measured is not None for d in everything)
     with_timing = any(g.autotune for gs in graphs.values() for g in gs)
     headers = (["report"] if with_report else []) + ["site", "layer", "class", "device", "mode", "runs", "repository@revision", "variant"]
-    headers += (["error (verify)"] if with_error else []) + (["kernel / original ms (autotune)"] if with_timing else []) + ["reason"]
+    headers += (["error (verify)"] if with_error else []) + (["graph ms with / without (autotune)"] if with_timing else []) + ["reason"]
     head = "".join(f'<th><button type="button" data-col="{i}">{escape(h)}</button></th>' for i, h in enumerate(headers))
     rows = []
     for report, ds in decisions.items():

@@ -14,7 +14,7 @@ import torch
 
 import kernel_fx
 from kernel_fx import Decision, Measured, Outcome, Reason, Rejected, Report
-from kernel_fx.graph_records import AutotuneResult, GraphRecord, GraphSnapshot, SiteDiff, SubstitutionKind
+from kernel_fx.graph_records import AutotuneResult, GraphRecord, GraphSnapshot, SiteDiff, SubstitutionKind, VariantTiming
 from kernel_fx.html import Timing, render_fragment, render_page
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -25,10 +25,11 @@ def decision(path="mlp.act", outcome=Outcome.KERNEL, rejected=None, **kw):
                     mode="INFERENCE", outcome=outcome, rejected=rejected, repository=kw.pop("repository", "org/act@v1"), **kw)
 
 
-def graph(diffs=(), autotune=()):
+def graph(diffs=(), autotune=(), variants=()):
     before = GraphSnapshot({"torch.rsqrt": 1, "operator.mul": 2}, {}, code="")
     after = GraphSnapshot({"aten.rsqrt.default": 1, "operator.mul": 2}, {}, code="")
-    return GraphRecord(0, "0/0", before, after, inner="eager", site_diffs=list(diffs), autotune=list(autotune))
+    return GraphRecord(0, "0/0", before, after, inner="eager", site_diffs=list(diffs), autotune=list(autotune),
+                       autotune_variants=list(variants))
 
 
 def rows(page):
@@ -69,17 +70,21 @@ def test_page_is_self_contained_and_only_its_own_script_may_run():
 
 
 def test_timed_variants_autotune_and_measured_error_are_drawn_and_tabled():
-    tuned = [AutotuneResult("SiluAndMul", "float32[4, 16]", 0.02, 0.05, True, ("mlp.act #0",)),
-             AutotuneResult("RMSNorm", "float32[4, 16]", 0.09, 0.03, False, ("norm #0",))]
+    tuned = [AutotuneResult("SiluAndMul", "without RMSNorm vs no kernel", 0.02, 0.05, True, ("mlp.act #0",)),
+             AutotuneResult("RMSNorm", "every kernel vs without RMSNorm", 0.09, 0.03, False, ("norm #0",))]
+    variants = [VariantTiming("every kernel", (), 1.5, 0.09), VariantTiming("no kernel", ("SiluAndMul", "RMSNorm"), 1.4, 0.05),
+                VariantTiming("without RMSNorm", ("RMSNorm",), 1.4, 0.02, chosen=True), VariantTiming("without SiluAndMul", ("SiluAndMul",),
+                                                                                                    note="left out: compile budget")]
     measured = Measured(2.4e-07, 0.02, "float64", 1e-05, 1e-05, "float32[2, 8]")
     report = Report([decision(call_index=0, measured=measured),
                      decision("norm", Outcome.ORIGINAL, Rejected(Reason.SLOWER_THAN_ORIGINAL, "0.09 > 0.03"), call_index=0)],
-                    graphs=[graph(autotune=tuned)])
+                    graphs=[graph(autotune=tuned, variants=variants)])
     page = render_page(report, timings=[Timing("eager", 3.0), Timing("compiled", 2.0), Timing("kernelized", 1.0)])
     timings = page[page.index('<figure class="timings">'):]
     assert timings[:timings.index("</figure>")].count('class="bar timed"') == 3
-    autotune = page[page.index("autotune: medians"):]
-    assert autotune[:autotune.index("</svg>")].count('<rect class="bar') == 4  # kernel and original per timed group
+    autotune = page[page.index("autotune: whole-graph medians"):]
+    assert autotune[:autotune.index("</svg>")].count('<rect class="bar') == 3  # one per whole-graph variant timed
+    assert autotune[:autotune.index("</svg>")].count('<rect class="bar kernel kept"') == 1  # the chosen one
     assert "0.02 / 0.05" in page and "0.09 / 0.03" in page  # each site's autotune figures in its row
     assert "2.4e-07 (0.02x tol)" in page
 
