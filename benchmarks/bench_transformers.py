@@ -113,11 +113,11 @@ def run_call(call: str, name: str, base: nn.Module, device: str, args: argparse.
     batch, seq = (2, 32) if args.quick else (4, 2048)
     ids = torch.randint(0, base.config.vocab_size, (batch, seq), device=device)
     variants = args.variants.split(",") if args.variants else (DECODE_VARIANTS if call == "decode" else VARIANTS)
-    for variant in variants:
-        if call == "decode" and variant in DECODE_VARIANTS + ("liger+transformers-compile",):
+    for variant in variants:  # a variant of the other kind of call is skipped (e.g. liger+inductor for decode)
+        if call == "decode" and variant in DECODE_VARIANTS + LIGER_VARIANTS[2:]:
             rows += [_row(args, name, call, variant, _decode, variant, base, device, batch, args)
                      for batch in args.decode_batches]
-        elif call in ("forward", "train") and variant not in DECODE_VARIANTS[2:] + ("liger+transformers-compile",):
+        elif call in ("forward", "train") and variant in VARIANTS + LIGER_VARIANTS[:2]:
             rows.append(_row(args, name, call, variant, _forward_or_train, call, variant, base, ids, device, args))
     return rows
 
