@@ -30,6 +30,7 @@ from types import ModuleType
 
 from .env import REPO_ID
 from .errors import KernelDependencyError
+from .revisions import requested
 
 DEPENDS_KEY = "kernel-depends"
 
@@ -50,7 +51,7 @@ class KernelDependency:
     @property
     def requested(self) -> str:
         """What the dependency asks for: `v<N>` or the revision."""
-        return f"v{self.version}" if self.version is not None else str(self.revision)
+        return requested(self.revision, self.version)
 
     def __str__(self) -> str:
         return f"{self.repo_id} ({self.requested})"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .env import REPO_ID
 from .errors import LockfileError
+from .revisions import requested
 
 KERNELS_LOCKFILE_NAME = "kernels.lock"
 _OID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -41,7 +42,7 @@ class LockedCommit:
     @property
     def requested(self) -> str:
         """What the lock's dependency asked for: `v<N>` or the revision."""
-        return f"v{self.version}" if self.version is not None else str(self.revision)
+        return requested(self.revision, self.version)
 
     def __str__(self) -> str:
         return f"{self.repo_id}@{self.commit[:12]} ({self.requested}, {KERNELS_LOCKFILE_NAME})"
