@@ -289,3 +289,20 @@ def test_a_kernel_the_checks_refuse_keeps_its_original_in_the_program(kernel_rep
         unchecked = kernel_fx.export(model, (x,), check_outputs=False)  # no check: the kernel is traced, as reported
     assert kernel_fx.export_record(unchecked).report.summary() == "2 sites: 2 kernel, 0 original"
     assert unchecked.module()(x).shape == (1, 8)
+
+
+@pytest.mark.cuda
+def test_bundled_triton_kernels_export_package_and_load_on_cuda(tmp_path):
+    """On CUDA the bundled kernels are Triton (and torch custom ops): exported, packaged by AOTInductor, loaded."""
+    model = build_demo_model(TINY).to("cuda", torch.bfloat16)
+    inputs = tuple(x.to("cuda") for x in demo_inputs())
+    with kernel_fx.use_kernel_mapping(kernel_fx.default_mapping()):
+        program = kernel_fx.export(model, inputs, device="cuda")
+    record = kernel_fx.export_record(program)
+    assert record.report.summary() == "11 sites: 11 kernel, 0 original"
+    assert {k.variant for k in record.kernels} == {"torch-cuda"}
+    expected = model(*inputs)
+    torch.testing.assert_close(program.module()(*inputs), expected, atol=2e-2, rtol=2e-2)
+    path = kernel_fx.package(program, tmp_path / "demo-cuda.pt2")
+    loaded = kernel_fx.load_package(path)
+    torch.testing.assert_close(loaded(*inputs), expected, atol=2e-2, rtol=2e-2)
