@@ -164,7 +164,7 @@ def _forward_or_train(call: str, variant: str, base: nn.Module, ids: torch.Tenso
 
 
 def decode_model(variant: str, base: nn.Module, device: str) -> tuple[nn.Module, dict, Any]:
-    """(model, generate kwargs, hubkernels report source or None) for one decode variant, as users run it."""
+    """(model, generate kwargs, whether hubkernels compiles it) for one decode variant, as users run it."""
     from transformers import CompileConfig
 
     model = copy.deepcopy(base)
